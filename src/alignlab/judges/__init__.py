@@ -1,0 +1,1 @@
+"""Pairwise judges: gold oracle (simulated humans), local LM, OpenAI-compatible HTTP."""

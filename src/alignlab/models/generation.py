@@ -1,0 +1,79 @@
+"""Batched sampling with the KV cache (left padding), stopping early once every sequence has ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled."""
+
+    max_new_tokens: int = 32
+    """Upper bound on completion length."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 disables."""
+
+
+@dataclass
+class Generation:
+    """Sampled completions: token ids (B, L) right-padded, their lengths and whether each stopped."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    stopped: torch.Tensor
+    texts: list[str]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists for generation: ids (B, T), attention mask (B, T)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt_ids: list[list[int]], cfg: SamplingConfig,
+           generator_seed: int | None = None) -> Generation:
+    """Sample one completion per prompt. Completion ids are cut at (and include) the first EOS."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    was_training = model.training
+    model.eval()
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    greedy = cfg.temperature <= 0
+    kwargs = dict(
+        max_new_tokens=cfg.max_new_tokens, do_sample=not greedy, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, use_cache=True,
+    )
+    if not greedy:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
+    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    if was_training:
+        model.train()
+    completion = out[:, ids.shape[1]:]  # (B, L)
+    eos = tokenizer.eos_token_id
+    is_eos = completion == eos
+    stopped = is_eos.any(-1)
+    # keep tokens up to and including the first EOS
+    first = torch.where(stopped, is_eos.float().argmax(-1), torch.full_like(stopped, completion.shape[1], dtype=torch.long))
+    pos = torch.arange(completion.shape[1], device=completion.device).unsqueeze(0)
+    cmask = (pos <= first.unsqueeze(1)) & (pos < completion.shape[1])
+    completion = torch.where(cmask, completion, torch.full_like(completion, tokenizer.pad_token_id))
+    texts = [
+        tokenizer.decode(c[m].tolist(), skip_special_tokens=True) for c, m in zip(completion, cmask)
+    ]
+    return Generation(prompt_ids, completion, cmask.long(), stopped, texts)

@@ -1,0 +1,137 @@
+"""One loader, three sources: any Hugging Face causal LM, the bundled SmolLM2, a tiny random GPT-2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedLM:
+    """A loaded causal LM with its tokenizer and the spec it came from."""
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+
+
+@dataclass
+class ModelSpec:
+    """Which causal LM to load and how. Hydra instantiates this cheaply; ``load()`` does the work."""
+
+    source: str = "hf"
+    """``hf`` (hub id or local directory), ``smollm2_135m`` (bundled default) or ``tiny`` (random GPT-2)."""
+    name_or_path: str | None = None
+    """Hub id or local directory, for ``source=hf``; a saved policy directory also works."""
+    dtype: str = "auto"
+    """``auto`` (bf16 on CUDA with bf16 support, else fp32), ``float32``, ``bfloat16`` or ``float16``."""
+    trust_remote_code: bool = False
+    """Run model code from the hub. Off unless you trust the repository."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for ``source=hf``."""
+    cache_dir: str | None = None
+    """Where the bundled model is converted and cached; default ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab``."""
+    attn_implementation: str | None = None
+    """Passed to ``from_pretrained`` (``sdpa``, ``eager``, ``flash_attention_2``); None lets transformers choose."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory during training."""
+    tiny: dict = field(default_factory=dict)
+    """Architecture overrides for ``source=tiny`` (n_layer, n_embd, n_head, seed)."""
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return torch.float32
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+        return _DTYPES[self.dtype]
+
+    def identity(self) -> str:
+        """A short stable hash of what determines the weights and tokenisation (for cache keys)."""
+        d = asdict(self)
+        d.pop("gradient_checkpointing", None)
+        d.pop("attn_implementation", None)
+        d.pop("cache_dir", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def local_path(self) -> str | None:
+        if self.source == "smollm2_135m":
+            from alignlab.models.bundled import ensure_smollm2
+
+            return str(ensure_smollm2(self.cache_dir))
+        if self.source == "hf":
+            return self.name_or_path
+        return None
+
+    def load(self) -> LoadedLM:
+        if self.source == "tiny":
+            from alignlab.models.tiny import tiny_gpt2
+
+            model, tok = tiny_gpt2(**self.tiny)
+            model.to(self.resolved_dtype())
+        elif self.source in ("hf", "smollm2_135m"):
+            model, tok = self._load_pretrained()
+        else:
+            raise ValueError(f"model.source={self.source!r}: choose hf, smollm2_135m or tiny")
+        prepare_tokenizer(tok)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tok.pad_token_id
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        return LoadedLM(model=model, tokenizer=tok, spec=self)
+
+    def _load_pretrained(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self.local_path()
+        if not path:
+            raise ValueError("model.source=hf needs model.name_or_path=<hub id or local directory>")
+        p = Path(path).expanduser()
+        if p.exists():
+            path = str(p)
+        elif path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise FileNotFoundError(
+                f"model.name_or_path={path!r} does not exist. Give a local directory with config.json, "
+                "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+            )
+        adapter_cfg = Path(path) / "adapter_config.json"
+        kwargs: dict[str, Any] = dict(
+            dtype=self.resolved_dtype(), trust_remote_code=self.trust_remote_code, revision=self.revision
+        )
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        try:
+            if adapter_cfg.exists():  # a saved LoRA policy: base + adapter, kept as a PeftModel
+                from peft import AutoPeftModelForCausalLM
+
+                model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
+                tok = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists()
+                                                    else model.peft_config["default"].base_model_name_or_path)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code,
+                                                    revision=self.revision)
+        except OSError as e:
+            raise OSError(
+                f"could not load model {path!r}: {e}\nOffline? Use a local directory, or the bundled "
+                "default (model=smollm2_135m)."
+            ) from e
+        return model, tok
+
+
+def prepare_tokenizer(tok) -> None:
+    """Make sure a pad token exists; training pads right, generation pads left (set at call sites)."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    tok.padding_side = "right"

@@ -1,0 +1,1 @@
+"""Reward functions for online RL: reward model, gold task reward, judge (direct RLAIF)."""

@@ -1,0 +1,32 @@
+"""Start-up checks: a config that contradicts itself fails here with a sentence naming the keys."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from alignlab.utils.config import ConfigError
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    tr = cfg.get("trainer", {})
+    if cfg.model.get("source") == "hf" and not cfg.model.get("name_or_path"):
+        raise ConfigError("model=hf needs model.name_or_path=<hub id or local directory>")
+    strategy = str(tr.get("strategy", "auto"))
+    if strategy == "ddp" and _in_multirun():
+        raise ConfigError(
+            "trainer.strategy=ddp under hydra --multirun makes rank 1 re-run the whole sweep; "
+            "use trainer=ddp_spawn, or one launcher job per run (hydra/launcher=submitit_slurm)"
+        )
+    precision = str(tr.get("precision", "32"))
+    if "16" in precision and tr.get("accelerator") == "cpu" and precision.startswith("16"):
+        raise ConfigError(f"trainer.precision={precision} is not supported with trainer.accelerator=cpu; use 32 or bf16-mixed")
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001
+        return False

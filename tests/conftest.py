@@ -1,0 +1,47 @@
+"""Shared test setup: quiet, single-threaded, offline, caches in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Must be set before torch / tokenizers are imported anywhere.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="alignlab-hf-")
+# The bundled model cache is shared across tests (and with the user's cache when it exists), so the
+# ~20 s GGUF conversion happens once per machine, not once per test.
+os.environ.setdefault("ALIGNLAB_CACHE", os.path.expanduser("~/.cache/alignlab"))
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture
+def tiny_lm():
+    """A fresh tiny random GPT-2 and its byte tokenizer."""
+    from alignlab.models import ModelSpec
+
+    return ModelSpec(source="tiny", dtype="float32").load()
+
+
+def compose(overrides: list[str], config_name: str = "train"):
+    """Compose a config from conf/ the way the entry point does (hydra key resolvable)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    import alignlab.utils.hydra  # noqa: F401  (registers resolvers)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(config_name=config_name, overrides=overrides, return_hydra_config=True)
