@@ -36,12 +36,13 @@ def tiny_lm():
     return ModelSpec(source="tiny", dtype="float32").load()
 
 
-def compose(overrides: list[str], config_name: str = "train"):
-    """Compose a config from conf/ the way the entry point does (hydra key resolvable)."""
+def compose(overrides: list[str], config_name: str = "train", return_hydra_config: bool = False):
+    """Compose a config from conf/ as the entry point does. Outside a Hydra app ``${hydra:...}`` cannot
+    resolve, so pass ``paths.output_dir=...`` in ``overrides`` before resolving or running."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
     import alignlab.utils.hydra  # noqa: F401  (registers resolvers)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hcompose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        return hcompose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
