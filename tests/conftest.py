@@ -17,10 +17,10 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="alignlab-hf-")
 # ~20 s GGUF conversion happens once per machine, not once per test.
 os.environ.setdefault("ALIGNLAB_CACHE", os.path.expanduser("~/.cache/alignlab"))
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(1)
 

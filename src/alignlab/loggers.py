@@ -30,8 +30,14 @@ def resolve_wandb_mode(mode: str | None) -> str:
 
 
 def make_wandb_logger(
-    project: str = "alignlab", save_dir: str = ".", name: str | None = None, group: str | None = None,
-    tags: list[str] | None = None, mode: str = "auto", entity: str | None = None, log_model: bool = False,
+    project: str = "alignlab",
+    save_dir: str = ".",
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    mode: str = "auto",
+    entity: str | None = None,
+    log_model: bool = False,
     job_type: str | None = None,
 ):
     """A Lightning ``WandbLogger``; the run directory lands in ``save_dir/wandb``."""
@@ -41,7 +47,14 @@ def make_wandb_logger(
     os.environ["WANDB_MODE"] = resolved
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
-        project=project, save_dir=save_dir, name=name, group=group, tags=list(tags or []), mode=resolved,
-        entity=entity, log_model=log_model, job_type=job_type,
+        project=project,
+        save_dir=save_dir,
+        name=name,
+        group=group,
+        tags=list(tags or []),
+        mode=resolved,
+        entity=entity,
+        log_model=log_model,
+        job_type=job_type,
         settings=__import__("wandb").Settings(silent=True, console="off", x_disable_stats=True),
     )

@@ -40,6 +40,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     module = instantiate(cfg.algo, policy=policy, tokenizer=lm.tokenizer)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
+    if not loggers:  # logger=none: a learning-rate monitor would have nowhere to write
+        callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     try:

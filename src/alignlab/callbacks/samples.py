@@ -16,8 +16,15 @@ class SampleTable(L.Callback):
     The table goes to wandb (when the run logs there) and to ``<output_dir>/samples/step_<N>.jsonl``.
     """
 
-    def __init__(self, num_prompts: int = 4, max_new_tokens: int = 32, temperature: float = 0.7,
-                 top_p: float = 0.95, output_dir: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        num_prompts: int = 4,
+        max_new_tokens: int = 32,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        output_dir: str | None = None,
+        seed: int = 0,
+    ):
         """
         Args:
             num_prompts: how many validation prompts to sample for.
@@ -40,13 +47,27 @@ class SampleTable(L.Callback):
         if not val:
             return
         items = [val[i] for i in range(min(self.num_prompts, len(val)))]
-        gen = sample(pl_module.policy, pl_module.tokenizer, [x["prompt_ids"] for x in items], self.cfg,
-                     generator_seed=self.seed)
-        rows = [{"step": trainer.global_step, "prompt": str(x.get("prompt", "")), "completion": t}
-                for x, t in zip(items, gen.texts)]
-        out = Path(self.output_dir or trainer.default_root_dir) / "samples" / f"step_{trainer.global_step:06d}.jsonl"
+        gen = sample(
+            pl_module.policy,
+            pl_module.tokenizer,
+            [x["prompt_ids"] for x in items],
+            self.cfg,
+            generator_seed=self.seed,
+        )
+        rows = [
+            {"step": trainer.global_step, "prompt": str(x.get("prompt", "")), "completion": t}
+            for x, t in zip(items, gen.texts)
+        ]
+        out = (
+            Path(self.output_dir or trainer.default_root_dir)
+            / "samples"
+            / f"step_{trainer.global_step:06d}.jsonl"
+        )
         write_jsonl(out, rows)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                logger.log_table(key="samples", columns=["step", "prompt", "completion"],
-                                 data=[[r["step"], r["prompt"], r["completion"]] for r in rows])
+                logger.log_table(
+                    key="samples",
+                    columns=["step", "prompt", "completion"],
+                    data=[[r["step"], r["prompt"], r["completion"]] for r in rows],
+                )

@@ -25,7 +25,7 @@ def join(prompts: list[list[int]], completions: list[list[int]], pad_id: int, wi
         s = p + c
         input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         attention_mask[i, : len(s)] = 1
-        loss_mask[i, len(p): len(s)] = 1
+        loss_mask[i, len(p) : len(s)] = 1
     return input_ids, attention_mask, loss_mask
 
 
@@ -34,9 +34,15 @@ class SFTCollator:
         self.pad_id = pad_id
 
     def __call__(self, batch: list[dict]) -> dict:
-        ids, attn, loss = join([b["prompt_ids"] for b in batch], [b["completion_ids"] for b in batch], self.pad_id)
-        return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss,
-                "index": torch.tensor([b["index"] for b in batch])}
+        ids, attn, loss = join(
+            [b["prompt_ids"] for b in batch], [b["completion_ids"] for b in batch], self.pad_id
+        )
+        return {
+            "input_ids": ids,
+            "attention_mask": attn,
+            "loss_mask": loss,
+            "index": torch.tensor([b["index"] for b in batch]),
+        }
 
 
 class PreferenceCollator:
@@ -51,8 +57,12 @@ class PreferenceCollator:
         c = join(prompts, [b["chosen_ids"] for b in batch], self.pad_id, width)
         r = join(prompts, [b["rejected_ids"] for b in batch], self.pad_id, width)
         return {
-            "chosen_input_ids": c[0], "chosen_attention_mask": c[1], "chosen_loss_mask": c[2],
-            "rejected_input_ids": r[0], "rejected_attention_mask": r[1], "rejected_loss_mask": r[2],
+            "chosen_input_ids": c[0],
+            "chosen_attention_mask": c[1],
+            "chosen_loss_mask": c[2],
+            "rejected_input_ids": r[0],
+            "rejected_attention_mask": r[1],
+            "rejected_loss_mask": r[2],
             "p_chosen": torch.tensor([b["p_chosen"] for b in batch], dtype=torch.float32),
             "index": torch.tensor([b["index"] for b in batch]),
         }
@@ -62,5 +72,8 @@ class PromptCollator:
     """Prompts stay lists of ids (generation left-pads them); texts ride along for reward functions."""
 
     def __call__(self, batch: list[dict]) -> dict:
-        return {"prompt_ids": [b["prompt_ids"] for b in batch], "prompt": [b["prompt"] for b in batch],
-                "index": torch.tensor([b["index"] for b in batch])}
+        return {
+            "prompt_ids": [b["prompt_ids"] for b in batch],
+            "prompt": [b["prompt"] for b in batch],
+            "index": torch.tensor([b["index"] for b in batch]),
+        }

@@ -72,6 +72,8 @@ class RowsDataModule(L.LightningDataModule):
             tokenizer: set by the entry point after the model is loaded.
         """
         super().__init__()
+        # plain containers only: checkpoints must load with torch.load(weights_only=True)
+        columns = {str(k): str(v) for k, v in dict(columns or {}).items()}
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.train_set: ListDataset | None = None
@@ -80,8 +82,14 @@ class RowsDataModule(L.LightningDataModule):
 
     def _formatter(self) -> Formatter:
         h = self.hparams
-        return Formatter(self.tokenizer, h.use_chat_template, h.system_prompt, h.max_prompt_length,
-                         h.max_length, h.truncation)
+        return Formatter(
+            self.tokenizer,
+            h.use_chat_template,
+            h.system_prompt,
+            h.max_prompt_length,
+            h.max_length,
+            h.truncation,
+        )
 
     def _load(self, path: str) -> list[dict]:
         h = self.hparams
@@ -103,7 +111,7 @@ class RowsDataModule(L.LightningDataModule):
         else:
             order = list(range(len(train_rows)))
             random.Random(h.seed).shuffle(order)
-            n_val = max(1, int(round(len(train_rows) * h.val_fraction))) if len(train_rows) > 1 else 0
+            n_val = max(1, round(len(train_rows) * h.val_fraction)) if len(train_rows) > 1 else 0
             val_rows = [train_rows[i] for i in sorted(order[:n_val])]
             train_rows = [train_rows[i] for i in sorted(order[n_val:])]
         fmt = self._formatter()
@@ -117,13 +125,23 @@ class RowsDataModule(L.LightningDataModule):
         return SFTCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=self.hparams.shuffle,
-                          collate_fn=self.collator(), num_workers=self.hparams.num_workers)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=self.hparams.shuffle,
+            collate_fn=self.collator(),
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         bs = self.hparams.eval_batch_size or self.hparams.batch_size
-        return DataLoader(self.val_set, batch_size=bs, shuffle=False, collate_fn=self.collator(),
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(
+            self.val_set,
+            batch_size=bs,
+            shuffle=False,
+            collate_fn=self.collator(),
+            num_workers=self.hparams.num_workers,
+        )
 
 
 class SFTDataModule(RowsDataModule):

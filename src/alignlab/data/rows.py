@@ -50,7 +50,7 @@ class LoadReport:
 def _iter_raw(path: str) -> Any:
     """Yield (row_label, raw_row or DataError) from a local file or a hub data set."""
     if path.startswith("hf://"):
-        yield from _iter_hub(path[len("hf://"):])
+        yield from _iter_hub(path[len("hf://") :])
         return
     p = Path(path).expanduser()
     if not p.exists():
@@ -65,21 +65,36 @@ def _iter_raw(path: str) -> Any:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield where, DataError(f"{where}: invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8 or {HINT}", "invalid UTF-8")
+                    yield (
+                        where,
+                        DataError(
+                            f"{where}: invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8 or {HINT}",
+                            "invalid UTF-8",
+                        ),
+                    )
                     continue
                 try:
                     yield where, json.loads(text)
                 except json.JSONDecodeError as e:
-                    yield where, DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); {HINT}", "malformed JSON")
+                    yield (
+                        where,
+                        DataError(
+                            f"{where}: malformed JSON ({e.msg} at column {e.colno}); {HINT}", "malformed JSON"
+                        ),
+                    )
     elif suffix == ".json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{p}: not valid UTF-8 JSON ({e}); expected a list of objects", "malformed JSON") from e
+            raise DataError(
+                f"{p}: not valid UTF-8 JSON ({e}); expected a list of objects", "malformed JSON"
+            ) from e
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), None)
         if not isinstance(data, list):
-            raise DataError(f"{p}: expected a JSON list of objects (or an object holding one)", "malformed JSON")
+            raise DataError(
+                f"{p}: expected a JSON list of objects (or an object holding one)", "malformed JSON"
+            )
         for i, row in enumerate(data):
             yield f"{p}[{i}]", row
     elif suffix in (".parquet", ".csv"):
@@ -87,13 +102,15 @@ def _iter_raw(path: str) -> Any:
 
         try:
             df = pd.read_parquet(p) if suffix == ".parquet" else pd.read_csv(p, keep_default_na=False)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        except Exception as e:
             raise DataError(f"{p}: could not read {suffix[1:]} file ({e})", "unreadable") from e
         offset = 2 if suffix == ".csv" else 0  # CSV: line numbers count the header
         for i, row in enumerate(df.to_dict(orient="records")):
             yield (f"{p}:{i + offset}" if suffix == ".csv" else f"{p}[row {i}]"), row
     else:
-        raise DataError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .parquet or .csv", "unsupported")
+        raise DataError(
+            f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .parquet or .csv", "unsupported"
+        )
 
 
 def _iter_hub(spec: str):
@@ -106,9 +123,12 @@ def _iter_hub(spec: str):
     name, _, config = spec.partition(":")
     try:
         ds = load_dataset(name, config or None, split=split)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"hf://{spec}@{split}: could not load from the hub ({type(e).__name__}: {e}); "
-                        "offline? use a local file", "unreadable") from e
+    except Exception as e:
+        raise DataError(
+            f"hf://{spec}@{split}: could not load from the hub ({type(e).__name__}: {e}); "
+            "offline? use a local file",
+            "unreadable",
+        ) from e
     for i, row in enumerate(ds):
         yield f"hf://{spec}@{split}[{i}]", row
 
@@ -129,9 +149,15 @@ def _split_conversation(row: dict, where: str) -> dict:
     ch, rj = row["chosen"], row["rejected"]
     if isinstance(ch, list) and isinstance(rj, list):
         if not ch or not rj or not all(isinstance(m, dict) and "content" in m for m in ch + rj):
-            raise DataError(f"{where}: field 'chosen'/'rejected': message lists need dicts with 'role' and 'content'; {HINT}", "bad messages")
+            raise DataError(
+                f"{where}: field 'chosen'/'rejected': message lists need dicts with 'role' and 'content'; {HINT}",
+                "bad messages",
+            )
         if ch[:-1] != rj[:-1]:
-            raise DataError(f"{where}: field 'chosen'/'rejected': the conversations differ before the last turn, so no shared prompt; {HINT}", "bad messages")
+            raise DataError(
+                f"{where}: field 'chosen'/'rejected': the conversations differ before the last turn, so no shared prompt; {HINT}",
+                "bad messages",
+            )
         return {**row, "prompt": ch[:-1], "chosen": ch[-1]["content"], "rejected": rj[-1]["content"]}
     if isinstance(ch, str) and isinstance(rj, str):
         prompt, c, r = _common_prefix_split(ch, rj)
@@ -143,7 +169,10 @@ def validate_row(row: Any, kind: str, where: str, columns: dict[str, str] | None
     """Map columns, split conversations, and check types; returns the canonical row or raises DataError."""
     required, optional = KINDS[kind]
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected an object with fields {required}, got {type(row).__name__}; {HINT}", "not an object")
+        raise DataError(
+            f"{where}: expected an object with fields {required}, got {type(row).__name__}; {HINT}",
+            "not an object",
+        )
     columns = columns or {}
     out = dict(row)
     for canon in required + optional:
@@ -161,28 +190,45 @@ def validate_row(row: Any, kind: str, where: str, columns: dict[str, str] | None
                 f"missing {canon}",
             )
         v = out[canon]
-        if canon == "prompt" and isinstance(v, list) and v and all(isinstance(m, dict) and "content" in m for m in v):
+        if (
+            canon == "prompt"
+            and isinstance(v, list)
+            and v
+            and all(isinstance(m, dict) and "content" in m for m in v)
+        ):
             continue  # a message list prompt
         if not isinstance(v, str):
-            raise DataError(f"{where}: field '{src}' must be a string, got {type(v).__name__}; {HINT}", f"non-string {canon}")
+            raise DataError(
+                f"{where}: field '{src}' must be a string, got {type(v).__name__}; {HINT}",
+                f"non-string {canon}",
+            )
         if canon != "prompt" and not v.strip():
             raise DataError(f"{where}: field '{src}' is empty; {HINT}", f"empty {canon}")
     if kind == "preference":
         if out["chosen"] == out["rejected"]:
-            raise DataError(f"{where}: fields 'chosen' and 'rejected' are identical, so the pair says nothing; {HINT}", "identical pair")
+            raise DataError(
+                f"{where}: fields 'chosen' and 'rejected' are identical, so the pair says nothing; {HINT}",
+                "identical pair",
+            )
         p = out.get("p_chosen")
         src = columns.get("p_chosen", "p_chosen")
         if p is None or (isinstance(p, float) and math.isnan(p)):
             out["p_chosen"] = 1.0
         elif isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise DataError(f"{where}: field '{src}' must be a number in [0, 1] (P(chosen preferred)), got {p!r}; {HINT}", "bad soft label")
+            raise DataError(
+                f"{where}: field '{src}' must be a number in [0, 1] (P(chosen preferred)), got {p!r}; {HINT}",
+                "bad soft label",
+            )
         else:
             out["p_chosen"] = float(p)
     return out
 
 
 def load_rows(
-    path: str, kind: str, columns: dict[str, str] | None = None, skip_invalid: bool = False,
+    path: str,
+    kind: str,
+    columns: dict[str, str] | None = None,
+    skip_invalid: bool = False,
     limit: int | None = None,
 ) -> tuple[list[dict], LoadReport]:
     """Read and validate every row of ``path``; see the module docstring for the error policy."""

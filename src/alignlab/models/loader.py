@@ -11,8 +11,14 @@ from typing import Any
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -44,6 +50,8 @@ class ModelSpec:
     """Passed to ``from_pretrained`` (``sdpa``, ``eager``, ``flash_attention_2``); None lets transformers choose."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory during training."""
+    disable_dropout: bool = True
+    """Zero every dropout probability: log-prob ratios (PPO, DPO, KL) must not be noisy."""
     tiny: dict = field(default_factory=dict)
     """Architecture overrides for ``source=tiny`` (n_layer, n_embd, n_head, seed)."""
 
@@ -79,6 +87,7 @@ class ModelSpec:
 
             model, tok = tiny_gpt2(**self.tiny)
             model.to(self.resolved_dtype())
+            self._materialise_tiny(model, tok)
         elif self.source in ("hf", "smollm2_135m"):
             model, tok = self._load_pretrained()
         else:
@@ -86,10 +95,31 @@ class ModelSpec:
         prepare_tokenizer(tok)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tok.pad_token_id
+        if self.disable_dropout:
+            disable_dropout(model)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         return LoadedLM(model=model, tokenizer=tok, spec=self)
+
+    def _materialise_tiny(self, model, tok) -> None:
+        """Save the tiny base once in the cache so saved adapters can name a loadable base model."""
+        from alignlab.models.bundled import default_cache_dir
+
+        root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        path = root / "models" / f"tiny-{self.identity()}"
+        if not (path / "config.json").exists():
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process won the race
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        model.config._name_or_path = str(path)
+        model.name_or_path = str(path)
 
     def _load_pretrained(self):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,12 +146,16 @@ class ModelSpec:
                 from peft import AutoPeftModelForCausalLM
 
                 model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
-                tok = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists()
-                                                    else model.peft_config["default"].base_model_name_or_path)
+                tok = AutoTokenizer.from_pretrained(
+                    path
+                    if (Path(path) / "tokenizer_config.json").exists()
+                    else model.peft_config["default"].base_model_name_or_path
+                )
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code,
-                                                    revision=self.revision)
+                tok = AutoTokenizer.from_pretrained(
+                    path, trust_remote_code=self.trust_remote_code, revision=self.revision
+                )
         except OSError as e:
             raise OSError(
                 f"could not load model {path!r}: {e}\nOffline? Use a local directory, or the bundled "
@@ -135,3 +169,10 @@ def prepare_tokenizer(tok) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "right"
+
+
+def disable_dropout(model) -> None:
+    """Set p=0 on every ``nn.Dropout`` (the policy, its reference and value heads must agree exactly)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0

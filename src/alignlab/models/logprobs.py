@@ -23,8 +23,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
-    temperature: float = 1.0, return_logits: bool = False,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    temperature: float = 1.0,
+    return_logits: bool = False,
 ):
     """Log-probs of each next token under ``model``.
 
@@ -44,7 +48,10 @@ def token_logprobs(
 
 
 def sequence_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
     average: bool = False,
 ) -> torch.Tensor:
     """Sum (or mean, with ``average``) of completion-token log-probs per sequence: (B,)."""

@@ -51,8 +51,12 @@ def apply_peft(model, spec: LoraSpec | None):
             "to the names of its linear layers"
         )
     cfg = LoraConfig(
-        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
-        task_type="CAUSAL_LM", fan_in_fan_out=(mtype == "gpt2"),
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=(mtype == "gpt2"),
     )
     return get_peft_model(model, cfg)
 

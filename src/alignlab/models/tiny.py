@@ -28,6 +28,9 @@ def tiny_gpt2(n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_positions: 
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -22,7 +22,9 @@ class PolicyModule(L.LightningModule):
     # frozen base weights are not in our checkpoints, so loading is not strict
     strict_loading = False
 
-    def __init__(self, policy, tokenizer, optimizer: Callable | None = None, scheduler: Callable | None = None):
+    def __init__(
+        self, policy, tokenizer, optimizer: Callable | None = None, scheduler: Callable | None = None
+    ):
         super().__init__()
         self.policy = policy
         self.tokenizer = tokenizer
@@ -37,7 +39,11 @@ class PolicyModule(L.LightningModule):
         params = self.trainable_parameters()
         if not params:
             raise RuntimeError("no trainable parameters: check peft / model settings")
-        opt = self.optimizer_factory(params=params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-4)
+        opt = (
+            self.optimizer_factory(params=params)
+            if self.optimizer_factory
+            else torch.optim.AdamW(params, lr=1e-4)
+        )
         if self.scheduler_factory is None:
             return opt
         sched = self.scheduler_factory(optimizer=opt)

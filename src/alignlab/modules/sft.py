@@ -23,7 +23,9 @@ class SFTModule(PolicyModule):
         super().__init__(policy, tokenizer, optimizer, scheduler)
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        logps, mask = token_logprobs(self.policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        logps, mask = token_logprobs(
+            self.policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        )
         return masked_nll(logps, mask), mask.sum()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -19,7 +19,9 @@ def check_train_config(cfg: DictConfig) -> None:
         )
     precision = str(tr.get("precision", "32"))
     if "16" in precision and tr.get("accelerator") == "cpu" and precision.startswith("16"):
-        raise ConfigError(f"trainer.precision={precision} is not supported with trainer.accelerator=cpu; use 32 or bf16-mixed")
+        raise ConfigError(
+            f"trainer.precision={precision} is not supported with trainer.accelerator=cpu; use 32 or bf16-mixed"
+        )
 
 
 def _in_multirun() -> bool:
@@ -28,5 +30,5 @@ def _in_multirun() -> bool:
         from hydra.types import RunMode
 
         return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False

@@ -7,8 +7,9 @@ import math
 import torch
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = 1000,
-                  min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = 1000, min_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the base LR, then cosine decay to ``min_ratio`` x base LR at ``total_steps``."""
     total_steps = max(int(total_steps), 1)
 

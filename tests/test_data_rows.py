@@ -1,0 +1,118 @@
+"""Bad input gets a message naming the file, the row, the field and the fix; skips are counted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignlab.data.rows import DataError, load_rows
+
+
+def _jsonl(path, lines: list[str | bytes]):
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
+    return str(path)
+
+
+GOOD = json.dumps({"prompt": "p", "chosen": "good", "rejected": "bad"})
+
+
+def test_malformed_json_line_names_file_line(tmp_path):
+    path = _jsonl(tmp_path / "pairs.jsonl", [GOOD, '{"prompt": "p", "chosen": "x",', GOOD])
+    with pytest.raises(DataError) as e:
+        load_rows(path, "preference")
+    msg = str(e.value)
+    assert f"{path}:2" in msg and "malformed JSON" in msg and "skip_invalid" in msg
+
+
+@pytest.mark.parametrize(
+    "row, field, words",
+    [
+        ({"prompt": "p", "chosen": "a"}, "rejected", "missing field"),
+        ({"prompt": "p", "chosen": 3, "rejected": "b"}, "chosen", "must be a string"),
+        ({"prompt": "p", "chosen": "  ", "rejected": "b"}, "chosen", "is empty"),
+        ({"prompt": "p", "chosen": "same", "rejected": "same"}, "chosen", "identical"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "p_chosen": "high"}, "p_chosen", "number in [0, 1]"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "p_chosen": 1.5}, "p_chosen", "number in [0, 1]"),
+    ],
+)
+def test_invalid_fields_named(tmp_path, row, field, words):
+    path = _jsonl(tmp_path / "pairs.jsonl", [GOOD, json.dumps(row)])
+    with pytest.raises(DataError) as e:
+        load_rows(path, "preference")
+    msg = str(e.value)
+    assert f"{path}:2" in msg and f"'{field}'" in msg and words in msg
+
+
+def test_invalid_utf8(tmp_path):
+    path = _jsonl(tmp_path / "pairs.jsonl", [GOOD, b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}'])
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: invalid UTF-8"):
+        load_rows(path, "preference")
+
+
+def test_skip_invalid_counts_reasons(tmp_path):
+    lines = [
+        GOOD,
+        "not json",
+        json.dumps({"prompt": "p", "chosen": "x", "rejected": "x"}),
+        json.dumps({"prompt": "p", "chosen": "x"}),
+        GOOD,
+    ]
+    rows, report = load_rows(_jsonl(tmp_path / "p.jsonl", lines), "preference", skip_invalid=True)
+    assert len(rows) == 2 and report.read == 5 and report.kept == 2
+    assert report.skipped == {"malformed JSON": 1, "identical pair": 1, "missing rejected": 1}
+    assert "2/5 rows kept" in report.summary()
+
+
+def test_column_mapping_and_soft_label(tmp_path):
+    row = {"question": "q", "good": "a", "bad": "b", "prob": 0.8}
+    path = _jsonl(tmp_path / "p.jsonl", [json.dumps(row)])
+    rows, _ = load_rows(
+        path,
+        "preference",
+        columns={"prompt": "question", "chosen": "good", "rejected": "bad", "p_chosen": "prob"},
+    )
+    assert rows[0]["prompt"] == "q" and rows[0]["chosen"] == "a" and rows[0]["p_chosen"] == pytest.approx(0.8)
+
+
+def test_misnamed_column_suggests_mapping(tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [json.dumps({"question": "q", "answer": "a"})])
+    with pytest.raises(DataError) as e:
+        load_rows(path, "sft")
+    assert "missing field 'prompt'" in str(e.value) and "data.columns.prompt" in str(e.value)
+    assert "answer, question" in str(e.value)
+
+
+def test_conversation_pairs_are_split(tmp_path):
+    msgs = [{"role": "user", "content": "Hi?"}]
+    row = {
+        "chosen": [*msgs, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [*msgs, {"role": "assistant", "content": "Go away."}],
+    }
+    full = {"chosen": "Human: hi Assistant: hello there", "rejected": "Human: hi Assistant: go away"}
+    rows, _ = load_rows(_jsonl(tmp_path / "c.jsonl", [json.dumps(row), json.dumps(full)]), "preference")
+    assert rows[0]["prompt"] == msgs and rows[0]["chosen"] == "Hello!" and rows[0]["rejected"] == "Go away."
+    assert rows[1]["prompt"] == "Human: hi Assistant: "
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == ("hello there", "go away")
+
+
+def test_csv_and_parquet(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame({"prompt": ["a", "b"], "completion": ["x", ""]})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(DataError, match=r"d.csv:3: field 'completion' is empty"):
+        load_rows(str(tmp_path / "d.csv"), "sft")
+    df.iloc[:1].to_parquet(tmp_path / "d.parquet")
+    rows, _ = load_rows(str(tmp_path / "d.parquet"), "sft")
+    assert rows[0]["completion"] == "x"
+
+
+def test_missing_file_and_unsupported_type(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_rows(str(tmp_path / "nope.jsonl"), "sft")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_rows(str(tmp_path / "x.txt"), "sft")
