@@ -74,11 +74,14 @@ def dpo_loss(
     """
     _check_beta(beta)
     if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5) (got {label_smoothing}); set algo.label_smoothing")
+        raise ValueError(
+            f"label_smoothing must be in [0, 0.5) (got {label_smoothing}); set algo.label_smoothing"
+        )
     logits = beta * _logratios(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return PreferenceLoss(losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                     ref_rejected_logps, beta))
+    return PreferenceLoss(
+        losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    )
 
 
 def soft_dpo_loss(
@@ -102,8 +105,9 @@ def soft_dpo_loss(
         raise ValueError("p_chosen must lie in [0, 1] (it is P(chosen ≻ rejected))")
     logits = beta * _logratios(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = -p * F.logsigmoid(logits) - (1.0 - p) * F.logsigmoid(-logits)
-    return PreferenceLoss(losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                     ref_rejected_logps, beta))
+    return PreferenceLoss(
+        losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    )
 
 
 def robust_dpo_loss(
@@ -127,8 +131,9 @@ def robust_dpo_loss(
         raise ValueError(f"robust DPO needs label_smoothing (the flip rate) in [0, 0.5), got {eps}")
     logits = beta * _logratios(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = ((1.0 - eps) * -F.logsigmoid(logits) - eps * -F.logsigmoid(-logits)) / (1.0 - 2.0 * eps)
-    return PreferenceLoss(losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                     ref_rejected_logps, beta))
+    return PreferenceLoss(
+        losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    )
 
 
 def ipo_loss(
@@ -147,8 +152,9 @@ def ipo_loss(
     _check_beta(beta)
     h = _logratios(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = (h - 1.0 / (2.0 * beta)) ** 2
-    return PreferenceLoss(losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                     ref_rejected_logps, beta))
+    return PreferenceLoss(
+        losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    )
 
 
 def hinge_loss(
@@ -160,13 +166,14 @@ def hinge_loss(
 ) -> PreferenceLoss:
     """Hinge loss of SLiC (Zhao et al. 2023) on the reference-adjusted log-ratio; margin 1 / beta:
 
-        loss = max(0, 1 - beta * h)
+    loss = max(0, 1 - beta * h)
     """
     _check_beta(beta)
     h = _logratios(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = torch.relu(1.0 - beta * h)
-    return PreferenceLoss(losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                     ref_rejected_logps, beta))
+    return PreferenceLoss(
+        losses, *_implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    )
 
 
 def simpo_loss(

@@ -71,8 +71,10 @@ class DPOModule(PolicyModule):
             raise ConfigError(f"algo.loss_type={loss_type!r} is not one of {', '.join(sorted(LOSS_TYPES))}")
         needs_ref, uses_eps = LOSS_TYPES[loss_type]
         if label_smoothing and not (uses_eps or loss_type == "sigmoid"):
-            raise ConfigError(f"algo.label_smoothing={label_smoothing} has no effect with algo.loss_type={loss_type}; "
-                              "use loss_type=cdpo or robust, or set label_smoothing=0")
+            raise ConfigError(
+                f"algo.label_smoothing={label_smoothing} has no effect with algo.loss_type={loss_type}; "
+                "use loss_type=cdpo or robust, or set label_smoothing=0"
+            )
         if loss_type == "cdpo" and not label_smoothing:
             raise ConfigError("algo.loss_type=cdpo needs algo.label_smoothing > 0 (the assumed flip rate)")
         if not 0.0 <= label_smoothing < 0.5:
@@ -80,10 +82,14 @@ class DPOModule(PolicyModule):
         if beta <= 0:
             raise ConfigError(f"algo.beta={beta} must be > 0")
         if loss_type == "simpo" and length_normalize is False:
-            raise ConfigError("algo.loss_type=simpo is defined on length-normalised log-probs; "
-                              "remove algo.length_normalize=false")
+            raise ConfigError(
+                "algo.loss_type=simpo is defined on length-normalised log-probs; "
+                "remove algo.length_normalize=false"
+            )
         if loss_type == "simpo" and precompute_ref_logps:
-            raise ConfigError("algo.precompute_ref_logps=true has no use with algo.loss_type=simpo (no reference)")
+            raise ConfigError(
+                "algo.precompute_ref_logps=true has no use with algo.loss_type=simpo (no reference)"
+            )
         self.loss_type = loss_type
         self.beta = beta
         self.label_smoothing = label_smoothing
@@ -117,8 +123,10 @@ class DPOModule(PolicyModule):
         table = self._ref_tables.get(split)
         if table is None:
             if self.ref_model is None and not self.uses_lora:
-                raise RuntimeError(f"no reference for the {split} batch: full fine-tuning with precomputed "
-                                   "reference log-probs only has them for the fit's train/val sets")
+                raise RuntimeError(
+                    f"no reference for the {split} batch: full fine-tuning with precomputed "
+                    "reference log-probs only has them for the fit's train/val sets"
+                )
             return self.reference_logps(batch)[0]
         c, r = lookup(table, batch["index"].to(table["ref_chosen_logps"].device), split)
         return torch.cat([c, r]).to(self.device)  # (2B,)
@@ -146,8 +154,10 @@ class DPOModule(PolicyModule):
         if self.ref_model is None and not self.uses_lora and self.trainer.ckpt_path:
             # the policy has moved away from the reference and there is no frozen copy to recompute it from
             where = self.ref_cache.directory if self.ref_cache else "memory (algo.ref_cache_dir is null)"
-            raise ConfigError(f"resuming a full fine-tune with algo.precompute_ref_logps=true needs the cached "
-                              f"reference log-probs of the first run; none found for the {split} set in {where}")
+            raise ConfigError(
+                f"resuming a full fine-tune with algo.precompute_ref_logps=true needs the cached "
+                f"reference log-probs of the first run; none found for the {split} set in {where}"
+            )
         bs = getattr(dm.hparams, "eval_batch_size", None) or getattr(dm.hparams, "batch_size", 8)
         loader = DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=dm.collator())
         size = max(int(x["index"]) for x in items) + 1
@@ -176,9 +186,14 @@ class DPOModule(PolicyModule):
             ref_logps = ref_logps / ntok.clamp(min=1) if ref_logps is not None else None
         # 4. loss and implicit rewards
         out = preference_loss(
-            self.loss_type, logps[:n], logps[n:],
-            ref_logps[:n] if ref_logps is not None else None, ref_logps[n:] if ref_logps is not None else None,
-            p_chosen=batch.get("p_chosen"), beta=self.beta, label_smoothing=self.label_smoothing,
+            self.loss_type,
+            logps[:n],
+            logps[n:],
+            ref_logps[:n] if ref_logps is not None else None,
+            ref_logps[n:] if ref_logps is not None else None,
+            p_chosen=batch.get("p_chosen"),
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
             gamma=self.simpo_gamma,
         )
         loss = out.losses.mean()
@@ -192,8 +207,15 @@ class DPOModule(PolicyModule):
             f"{split}/logps/rejected": logps[n:].detach().mean(),
         }
         train = split == "train"
-        self.log(f"{split}/loss", metrics.pop(f"{split}/loss"), prog_bar=True, on_step=train,
-                 on_epoch=not train, sync_dist=not train, batch_size=n)
+        self.log(
+            f"{split}/loss",
+            metrics.pop(f"{split}/loss"),
+            prog_bar=True,
+            on_step=train,
+            on_epoch=not train,
+            sync_dist=not train,
+            batch_size=n,
+        )
         self.log_dict(metrics, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=n)
         return loss
 
@@ -206,5 +228,6 @@ class DPOModule(PolicyModule):
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)  # the frozen reference copy is rebuilt, never saved
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if not k.startswith("ref_model.")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref_model.")
+        }

@@ -31,11 +31,14 @@ def concatenated_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.
 
     The preference collator pads both halves to one width (the longest sequence in the batch).
     """
+
     def cat(name: str) -> torch.Tensor:
         c, r = batch[f"chosen_{name}"], batch[f"rejected_{name}"]
         if c.shape[1] != r.shape[1]:
-            raise ValueError(f"chosen_{name} and rejected_{name} differ in width ({c.shape[1]} vs {r.shape[1]}); "
-                             "use PreferenceCollator, which pads both to one width")
+            raise ValueError(
+                f"chosen_{name} and rejected_{name} differ in width ({c.shape[1]} vs {r.shape[1]}); "
+                "use PreferenceCollator, which pads both to one width"
+            )
         return torch.cat([c, r], dim=0)  # (2B, T)
 
     return cat("input_ids"), cat("attention_mask"), cat("loss_mask")
@@ -80,8 +83,9 @@ def model_fingerprint(model, samples_per_tensor: int = 256) -> str:
 
 
 def cache_key(data: str, model: str, tokenisation: dict) -> str:
-    payload = json.dumps({"v": CACHE_VERSION, "data": data, "model": model, "tok": tokenisation},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"v": CACHE_VERSION, "data": data, "model": model, "tok": tokenisation}, sort_keys=True, default=str
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -136,15 +140,21 @@ def compute_ref_table(
     return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
 
 
-def lookup(table: dict[str, torch.Tensor], index: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def lookup(
+    table: dict[str, torch.Tensor], index: torch.Tensor, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference (chosen, rejected) logps of the pairs ``index`` (B,); a clear error for unknown rows."""
     size = table["ref_chosen_logps"].shape[0]
     if int(index.max()) >= size:
-        raise KeyError(f"{split} pair index {int(index.max())} is outside the precomputed reference table "
-                       f"({size} rows); the data changed after precomputation")
+        raise KeyError(
+            f"{split} pair index {int(index.max())} is outside the precomputed reference table "
+            f"({size} rows); the data changed after precomputation"
+        )
     c = table["ref_chosen_logps"][index]
     r = table["ref_rejected_logps"][index]
     if torch.isnan(c).any() or torch.isnan(r).any():
-        raise KeyError(f"{split} pairs {index[torch.isnan(c) | torch.isnan(r)].tolist()} have no precomputed "
-                       "reference log-probs")
+        raise KeyError(
+            f"{split} pairs {index[torch.isnan(c) | torch.isnan(r)].tolist()} have no precomputed "
+            "reference log-probs"
+        )
     return c, r
