@@ -1,0 +1,325 @@
+"""Evaluate a policy on a task's held-out prompts: ``python -m alignlab.evaluate [overrides]``.
+
+Reports the mean gold reward with a bootstrap 95% CI, the task's second scorer, the KL to the reference
+policy, completion length and distinct-1/2, and writes ``metrics.json`` (and ``samples.jsonl``) into
+the run directory. The core is the plain function ``evaluate_policy`` so that other stages can call it.
+
+KL estimate (sequence level, Monte Carlo): for completions y ~ pi(.|x),
+    KL(pi || pi_ref) ≈ mean over samples of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)],
+unbiased when sampling at temperature 1 without top-p/top-k truncation (the default here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from alignlab.utils.hydra import CONF_DIR
+from alignlab.utils.runtime import configure_runtime, get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class EvalSamples:
+    """Everything sampled and scored, one entry per prompt (what metric hooks receive)."""
+
+    prompts: list[str]
+    completions: list[str]
+    gold: np.ndarray
+    second: np.ndarray | None
+    kl: np.ndarray | None
+    lengths: np.ndarray
+    stopped: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        out = []
+        for i, (p, c) in enumerate(zip(self.prompts, self.completions)):
+            row = {
+                "prompt": p,
+                "completion": c,
+                "gold": float(self.gold[i]),
+                "length": int(self.lengths[i]),
+                "stopped": bool(self.stopped[i]),
+            }
+            if self.second is not None:
+                row["second"] = float(self.second[i])
+            if self.kl is not None:
+                row["kl"] = float(self.kl[i])
+            out.append(row)
+        return out
+
+
+# A hook adds columns from the samples (the judge win rate of the RLAIF issue plugs in here).
+MetricHook = Callable[[EvalSamples], dict]
+
+
+def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0):
+    """Percentile bootstrap CI of the mean: (low, high). A single value gives (v, v)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("bootstrap_ci of an empty sample")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n_resamples, values.size))
+    means = values[idx].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams, over all completions."""
+    grams = []
+    for t in texts:
+        words = t.split()
+        grams.extend(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def completion_kl(
+    model,
+    reference,
+    prompt_ids: list[list[int]],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pad_id: int,
+) -> torch.Tensor:
+    """Per-sample sum_t [log pi(y_t) - log pi_ref(y_t)] over the completion tokens, shape (B,).
+
+    ``reference`` is a model, or ``"adapter"`` for the same (LoRA) model with its adapter disabled.
+    """
+    from alignlab.data.collate import join
+    from alignlab.models.logprobs import token_logprobs
+    from alignlab.models.peft import reference_mode
+
+    completions = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
+    device = next(model.parameters()).device
+    ids, attn, loss = (t.to(device) for t in join(prompt_ids, completions, pad_id))  # (B, T)
+    logps, mask = token_logprobs(model, ids, attn, loss)
+    if reference == "adapter":
+        with reference_mode(model):
+            ref_logps, _ = token_logprobs(model, ids, attn, loss)
+    else:
+        ref_logps, _ = token_logprobs(reference, ids, attn, loss)
+    return ((logps - ref_logps) * mask).sum(-1).float().cpu()
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    task,
+    prompts: Sequence[str],
+    sampling,
+    *,
+    reference="auto",
+    batch_size: int = 16,
+    seed: int = 0,
+    use_chat_template: bool | str = "auto",
+    system_prompt: str | None = None,
+    max_prompt_length: int = 64,
+    n_bootstrap: int = 1000,
+    hooks: Sequence[MetricHook] = (),
+    return_samples: bool = False,
+):
+    """Sample one completion per prompt, score it and measure the KL to the reference. Returns the metrics
+    dict (and the ``EvalSamples`` with ``return_samples``).
+
+    ``reference``: ``"auto"`` (adapter disabled for a LoRA model, else no KL), ``"adapter"``, a model, the
+    policy itself (KL = 0 exactly, no extra forward) or None (no KL).
+    """
+    from alignlab.data.tokenize import Formatter
+    from alignlab.models.generation import sample
+    from alignlab.models.peft import is_peft
+
+    if not prompts:
+        raise ValueError("evaluate_policy needs at least one prompt")
+    if reference == "auto":
+        reference = "adapter" if is_peft(model) else None
+    if reference == "adapter" and not is_peft(model):
+        raise ValueError("reference='adapter' needs a LoRA (peft) policy; pass the base model as reference")
+    fmt = Formatter(
+        tokenizer,
+        use_chat_template,
+        system_prompt,
+        max_prompt_length,
+        max_prompt_length + sampling.max_new_tokens + 1,
+    )
+    prompt_ids = [fmt.prompt_ids(p, f"prompt {i}") for i, p in enumerate(prompts)]
+    texts, lengths, stopped, kls = [], [], [], []
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    # 1. sample and measure the KL, batch by batch
+    for b in range(0, len(prompts), batch_size):
+        ids = prompt_ids[b : b + batch_size]
+        gen = sample(model, tokenizer, ids, sampling, generator_seed=seed + b)
+        texts += gen.texts
+        lengths += gen.completion_mask.sum(-1).tolist()
+        stopped += gen.stopped.tolist()
+        if reference is model:
+            kls += [0.0] * len(ids)
+        elif reference is not None:
+            kls += completion_kl(
+                model, reference, ids, gen.completion_ids, gen.completion_mask, tokenizer.pad_token_id
+            ).tolist()
+    elapsed = time.perf_counter() - start
+    model.train(was_training)
+    # 2. score with the gold reward and the second scorer
+    gold = np.asarray(task.gold_scores(list(prompts), texts), dtype=np.float64)
+    second = task.second_scores(list(prompts), texts)
+    second = None if second is None else np.asarray(second, dtype=np.float64)
+    samples = EvalSamples(
+        list(prompts),
+        texts,
+        gold,
+        second,
+        np.asarray(kls) if reference is not None else None,
+        np.asarray(lengths),
+        np.asarray(stopped, dtype=bool),
+    )
+    # 3. summarise
+    m: dict = {"n": len(prompts)}
+    for name, values in (("gold_reward", gold), ("second_reward", second), ("kl", samples.kl)):
+        if values is None:
+            m[name] = None
+            continue
+        lo, hi = bootstrap_ci(values, n_bootstrap, seed=seed)
+        m.update(
+            {
+                name: float(values.mean()),
+                f"{name}_ci_low": lo,
+                f"{name}_ci_high": hi,
+                f"{name}_std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            }
+        )
+    m["completion_length"] = float(samples.lengths.mean())
+    m["stopped_frac"] = float(samples.stopped.mean())
+    m["distinct_1"] = distinct_n(texts, 1)
+    m["distinct_2"] = distinct_n(texts, 2)
+    m["completions_per_s"] = len(prompts) / max(elapsed, 1e-9)
+    # 4. extra columns (e.g. judge win rate)
+    for hook in hooks:
+        m.update(hook(samples))
+    return (m, samples) if return_samples else m
+
+
+def load_policy(cfg: DictConfig):
+    """The policy and its reference for ``cfg``: (model, tokenizer, reference, description)."""
+    from hydra.utils import instantiate
+
+    lm = instantiate(cfg.model).load()
+    path = cfg.get("policy_path")
+    if not path:
+        return lm.model, lm.tokenizer, lm.model, "base"
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"policy_path={path!r} does not exist; give a run's policy/ directory")
+    if (p / "adapter_config.json").exists():  # LoRA policy: base from cfg.model + adapter; ref = adapter off
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(lm.model, str(p)), lm.tokenizer, "adapter", str(p)
+    from alignlab.models import ModelSpec
+
+    full = ModelSpec(source="hf", name_or_path=str(p), dtype=cfg.model.get("dtype", "auto")).load()
+    return full.model, full.tokenizer, lm.model, str(p)  # full fine-tune: reference = base model
+
+
+def build_task(task_cfg):
+    """A Task from a config: ``{_target_: ...}``, a name, or ``{name: ..., **kwargs}``."""
+    from hydra.utils import instantiate
+
+    from alignlab.tasks import get_task
+
+    if isinstance(task_cfg, str):
+        return get_task(task_cfg)
+    if "_target_" in task_cfg:
+        return instantiate(task_cfg)
+    kwargs = {k: v for k, v in task_cfg.items() if k != "name"}
+    return get_task(task_cfg.name, **kwargs)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Run one evaluation described by ``cfg``; returns the metrics written to ``metrics.json``."""
+    configure_runtime()
+    from hydra.utils import instantiate
+
+    from alignlab.models.generation import SamplingConfig
+    from alignlab.utils.io import write_json, write_jsonl
+
+    out = Path(cfg.paths.output_dir)
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg.task)
+    prompts = task.prompts(cfg.split)
+    if cfg.get("n_prompts"):
+        prompts = prompts[: int(cfg.n_prompts)]
+    model, tokenizer, reference, name = load_policy(cfg)
+    device = "cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu"
+    model.to(device).eval()
+    if isinstance(reference, torch.nn.Module) and reference is not model:
+        reference.to(device).eval()
+    sampling = instantiate(cfg.sampling) if "_target_" in cfg.sampling else SamplingConfig(**cfg.sampling)
+    fmt = cfg.prompt_format
+    metrics, samples = evaluate_policy(
+        model,
+        tokenizer,
+        task,
+        prompts,
+        sampling,
+        reference=reference,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        use_chat_template=fmt.use_chat_template,
+        system_prompt=fmt.system_prompt,
+        max_prompt_length=fmt.max_prompt_length,
+        n_bootstrap=cfg.n_bootstrap,
+        return_samples=True,
+    )
+    record = {
+        "policy": name,
+        "model": cfg.model.get("source"),
+        "task": getattr(task, "name", str(cfg.task)),
+        "split": cfg.split,
+        "seed": cfg.seed,
+        "sampling": asdict(sampling),
+        **metrics,
+    }
+    write_json(out / "metrics.json", record)
+    if cfg.get("write_samples", True):
+        write_jsonl(out / "samples.jsonl", samples.rows())
+    print(summary(record))
+    print(f"metrics written to {out / 'metrics.json'}")
+    return record
+
+
+def summary(m: dict) -> str:
+    def ci(name: str) -> str:
+        if m.get(name) is None:
+            return f"{name}: n/a"
+        return f"{name}: {m[name]:+.4f} [{m[name + '_ci_low']:+.4f}, {m[name + '_ci_high']:+.4f}]"
+
+    return "\n".join(
+        [
+            f"policy {m.get('policy')} on {m.get('task')}@{m.get('split')} ({m['n']} prompts)",
+            "  " + ci("gold_reward"),
+            "  " + ci("second_reward"),
+            "  " + ci("kl"),
+            f"  completion_length: {m['completion_length']:.1f} tokens, stopped {m['stopped_frac']:.0%}, "
+            f"distinct-1 {m['distinct_1']:.3f}, distinct-2 {m['distinct_2']:.3f}, {m['completions_per_s']:.1f} completions/s",
+        ]
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    return evaluate(cfg)["gold_reward"]
+
+
+if __name__ == "__main__":
+    main()
