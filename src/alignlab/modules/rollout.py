@@ -1,0 +1,326 @@
+"""Shared online-RL machinery for PPO, REINFORCE and RLOO: rollouts, scores, KL to the reference.
+
+A rollout is laid out as the generator produced it: left-padded prompt (width P) then right-padded
+completion (width L), so every per-token tensor is (B, L) and aligned with the completion tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignlab.losses.rl import adaptive_kl_coef, kl_estimate, masked_mean
+from alignlab.models.generation import SamplingConfig, left_pad, sample
+from alignlab.models.logprobs import entropy_from_logits, gather_logprobs
+from alignlab.models.peft import is_peft, reference_mode
+from alignlab.modules.base import PolicyModule
+from alignlab.rewards.base import NormalizedReward, RewardFunction
+from alignlab.utils.io import write_jsonl
+
+
+# -- KL coefficient ---------------------------------------------------------------------------------------
+class KLController:
+    """Fixed KL coefficient, or Ziegler et al.'s adaptive one when ``target`` is set."""
+
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000):
+        if kl_coef < 0:
+            raise ValueError(f"algo.kl_coef must be >= 0 (got {kl_coef})")
+        if target is not None and (target <= 0 or horizon <= 0):
+            raise ValueError(f"algo.kl_target ({target}) and algo.kl_horizon ({horizon}) must be positive")
+        self.value, self.target, self.horizon = float(kl_coef), target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            self.value = adaptive_kl_coef(self.value, current_kl, self.target, self.horizon, n_steps)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+# -- one batch of rollouts ----------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    prompts: list[str]
+    completions: list[str]
+    query_responses: torch.Tensor  # (B, P + L) left-padded prompt, right-padded completion
+    attention_mask: torch.Tensor  # (B, P + L)
+    context_length: int  # P
+    responses: torch.Tensor  # (B, L)
+    response_mask: torch.Tensor  # (B, L) float
+    stopped: torch.Tensor  # (B,) bool: ended with EOS
+    raw_scores: torch.Tensor  # (B,) the reward function's scores
+    scores: torch.Tensor  # (B,) after normalisation, clipping and the missing-EOS penalty
+    logprobs: torch.Tensor  # (B, L) under the rollout policy
+    ref_logprobs: torch.Tensor  # (B, L) under the reference
+    kl: torch.Tensor  # (B, L) per-token KL estimate, 0 on padding
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def index(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of a minibatch (rows ``idx``)."""
+        return {k: getattr(self, k)[idx] for k in ("query_responses", "attention_mask", "responses",
+                                                   "response_mask", "logprobs")}
+
+
+def forward_completion(model, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
+                       temperature: float = 1.0, with_hidden: bool = False):
+    """Logits (B, L, V) predicting each completion token, and optionally the hidden states (B, L, H)
+    of the positions that predict them. Position ids follow the left padding, as in generation."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    length = query_responses.shape[1] - context_length
+    out = model(input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False, output_hidden_states=with_hidden, logits_to_keep=length + 1)
+    logits = out.logits[:, -length - 1: -1]  # (B, L, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    hidden = out.hidden_states[-1][:, context_length - 1: -1] if with_hidden else None  # (B, L, H)
+    return logits, hidden
+
+
+def completion_logprobs(model, query_responses, attention_mask, context_length, temperature=1.0,
+                        chunk: int | None = None) -> torch.Tensor:
+    """log pi(completion token) (B, L), in chunks of ``chunk`` sequences to bound the logits' memory."""
+    chunk = chunk or query_responses.shape[0]
+    out = []
+    for i in range(0, query_responses.shape[0], chunk):
+        logits, _ = forward_completion(model, query_responses[i: i + chunk], attention_mask[i: i + chunk],
+                                       context_length, temperature)
+        out.append(gather_logprobs(logits, query_responses[i: i + chunk, context_length:]))
+        del logits
+    return torch.cat(out)
+
+
+class OnlineRLModule(PolicyModule):
+    """What PPO, REINFORCE and RLOO share: sampling, scoring, the reference, KL, validation, RL state."""
+
+    def __init__(
+        self, policy, tokenizer, optimizer=None, scheduler=None,
+        reward: RewardFunction | None = None,
+        val_rewards: dict | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        val_temperature: float = 1.0,
+        kl_coef: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
+        kl_estimator: str = "k1",
+        missing_eos_penalty: float | None = None,
+        reward_normalize: bool = False,
+        reward_clip: float | None = None,
+        max_grad_norm: float | None = 1.0,
+        forward_batch_size: int | None = None,
+        log_samples_every: int = 10,
+        num_log_samples: int = 8,
+    ):
+        """
+        Args:
+            policy: the causal LM being trained (LoRA-wrapped or not); the reference is the same model
+                with the adapter disabled under LoRA, a frozen copy otherwise.
+            tokenizer: its tokenizer.
+            optimizer: partial optimiser factory taking ``params``.
+            scheduler: partial scheduler factory taking ``optimizer``, stepped once per optimiser update.
+            reward: the reward function (``alignlab.rewards``) maximised.
+            val_rewards: extra reward functions evaluated on validation samples, logged as ``val/<name>``.
+            max_new_tokens: completion length cap.
+            temperature: sampling temperature of the rollouts (log-probs use the same temperature).
+            top_p: nucleus mass of the rollouts.
+            top_k: top-k of the rollouts (0 = off).
+            val_temperature: validation sampling temperature (0 = greedy).
+            kl_coef: weight of the KL penalty (the initial value when adaptive).
+            kl_target: target KL per sequence for the adaptive controller (Ziegler et al. 2019); None = fixed.
+            kl_horizon: horizon (in samples) of the adaptive controller.
+            kl_estimator: per-token KL estimator in the reward: k1, k2 or k3.
+            missing_eos_penalty: subtracted from the score of completions that never emit EOS (None = off).
+            reward_normalize: standardise scores with running statistics (saved in checkpoints).
+            reward_clip: clip (normalised) scores to [-clip, clip] (None = off).
+            max_grad_norm: gradient-norm clipping of each update (None = off).
+            forward_batch_size: sequences per no-grad forward pass (None = the whole batch).
+            log_samples_every: write a samples table every this many rollout batches (0 = never).
+            num_log_samples: rows per samples table.
+        """
+        super().__init__(policy, tokenizer, optimizer, scheduler)
+        if reward is None:
+            raise ValueError("algo.reward is required: e.g. reward=gold, or reward=reward_model reward.path=DIR")
+        if kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"algo.kl_estimator={kl_estimator!r}: choose k1, k2 or k3")
+        if temperature <= 0:
+            raise ValueError("algo.temperature must be > 0 for rollouts (log-probs need a sampling distribution)")
+        self.automatic_optimization = False
+        self.reward_fn = NormalizedReward(reward, reward_normalize, reward_clip)
+        self.val_rewards = dict(val_rewards or {})
+        self.sampling = SamplingConfig(max_new_tokens, temperature, top_p, top_k)
+        self.val_sampling = SamplingConfig(max_new_tokens, val_temperature, top_p if val_temperature > 0 else 1.0, top_k)
+        self.kl_ctl = KLController(kl_coef, kl_target, kl_horizon)
+        self.kl_estimator = kl_estimator
+        self.missing_eos_penalty = missing_eos_penalty
+        self.max_grad_norm = max_grad_norm
+        self.forward_batch_size = forward_batch_size
+        self.log_samples_every = log_samples_every
+        self.num_log_samples = num_log_samples
+        # full fine-tuning needs a frozen copy as the reference; under LoRA it is the adapter switched off
+        self.ref_policy = None if is_peft(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+        self.iteration = 0  # rollout batches done (trainer.global_step counts optimiser updates)
+
+    # -- rollouts ------------------------------------------------------------------------------------
+    def reference_logprobs(self, qr, mask, ctx, temperature: float) -> torch.Tensor:
+        """log pi_ref of the completion tokens: the frozen copy, or the policy with its adapter disabled."""
+        with reference_mode(self.policy if self.ref_policy is None else self.ref_policy) as ref:
+            return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size)
+
+    @torch.no_grad()
+    def collect_rollouts(self, prompt_ids: list[list[int]], prompts: list[str]) -> Rollout:
+        """Steps 1-3 of every algorithm: sample, score, log-probs of policy and reference, per-token KL."""
+        self.reward_fn.to(self.device)
+        # 1. sample completions (batched, KV cache, no gradient)
+        gen = sample(self.policy, self.tokenizer, prompt_ids, self.sampling)
+        ctx_ids, ctx_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, self.device)
+        responses = gen.completion_ids.to(self.device)
+        response_mask = gen.completion_mask.to(self.device).float()  # (B, L)
+        qr = torch.cat([ctx_ids, responses], 1)  # (B, P + L)
+        attn = torch.cat([ctx_mask, gen.completion_mask.to(self.device)], 1)
+        ctx = ctx_ids.shape[1]
+        # 2. score them; completions that never stop are penalised
+        raw = self.reward_fn.reward(prompts, gen.texts).to(self.device).float()
+        scores = self.reward_fn.transform(raw)
+        stopped = gen.stopped.to(self.device)
+        if self.missing_eos_penalty is not None:
+            scores = scores - self.missing_eos_penalty * (~stopped).float()
+        # 3. log-probs under the policy and the reference (adapter disabled), per-token KL
+        self.policy.eval()
+        logprobs = completion_logprobs(self.policy, qr, attn, ctx, self.sampling.temperature,
+                                       self.forward_batch_size) * response_mask
+        ref_logprobs = self.reference_logprobs(qr, attn, ctx, self.sampling.temperature) * response_mask
+        self.policy.train()
+        kl = kl_estimate(logprobs, ref_logprobs, self.kl_estimator) * response_mask
+        return Rollout(prompts, gen.texts, qr, attn, ctx, responses, response_mask, stopped, raw, scores,
+                       logprobs, ref_logprobs, kl)
+
+    def optimizer_update(self, loss: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(Backward,) clip, step, zero; the scheduler steps once per update. Returns the grad norm."""
+        opt = self.optimizers()
+        if loss is not None:
+            self.manual_backward(loss)
+        norm = None
+        if self.max_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        return norm
+
+    def log_rollout_metrics(self, r: Rollout) -> None:
+        bs = len(r.prompts)
+        seq_kl = r.kl.sum(-1)
+        self.log("objective/score", r.raw_scores.mean(), prog_bar=True, batch_size=bs)
+        self.log("objective/kl", seq_kl.mean(), prog_bar=True, batch_size=bs)
+        self.log("objective/kl_coef", self.kl_ctl.value, batch_size=bs)
+        self.log("objective/non_score_reward", -self.kl_ctl.value * seq_kl.mean(), batch_size=bs)
+        self.log("objective/rlhf_reward", (r.scores - self.kl_ctl.value * seq_kl).mean(), batch_size=bs)
+        self.log("completion/length", r.lengths.mean(), batch_size=bs)
+        self.log("completion/stopped_frac", r.stopped.float().mean(), batch_size=bs)
+
+    def entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mean(entropy_from_logits(logits.detach()), mask)
+
+    def write_samples(self, r: Rollout) -> None:
+        """Every ``log_samples_every`` iterations: ``<run>/samples/rollouts_<step>.jsonl`` (+ a wandb table)."""
+        trainer = self._trainer
+        self.iteration += 1
+        if not self.log_samples_every or (self.iteration - 1) % self.log_samples_every or trainer is None:
+            return
+        if not trainer.is_global_zero:
+            return
+        n = min(self.num_log_samples, len(r.prompts))
+        rows = [{"step": trainer.global_step, "prompt": r.prompts[i], "completion": r.completions[i],
+                 "score": float(r.raw_scores[i]), "kl": float(r.kl[i].sum()), "stopped": bool(r.stopped[i])}
+                for i in range(n)]
+        write_jsonl(Path(trainer.default_root_dir) / "samples" / f"rollouts_{trainer.global_step:06d}.jsonl", rows)
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                cols = list(rows[0])
+                lg.log_table(key="samples", columns=cols, data=[[row[c] for c in cols] for row in rows])
+
+    # -- validation: mean score (and any extra rewards) of samples on held-out prompts ----------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"score": [], "kl": [], "length": [], **{k: [] for k in self.val_rewards}}
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # validation must not move the training RNG
+            torch.manual_seed(1234 + batch_idx)
+            gen = sample(self.policy, self.tokenizer, batch["prompt_ids"], self.val_sampling)
+        ctx_ids, ctx_mask = left_pad(batch["prompt_ids"], self.tokenizer.pad_token_id, self.device)
+        cmask = gen.completion_mask.to(self.device)
+        qr, attn = torch.cat([ctx_ids, gen.completion_ids.to(self.device)], 1), torch.cat([ctx_mask, cmask], 1)
+        logp = completion_logprobs(self.policy, qr, attn, ctx_ids.shape[1], 1.0, self.forward_batch_size)
+        ref = self.reference_logprobs(qr, attn, ctx_ids.shape[1], 1.0)
+        self._val["kl"].append(((logp - ref) * cmask).sum(-1).cpu())
+        self._val["score"].append(self.reward_fn.reward(batch["prompt"], gen.texts).float().cpu())
+        self._val["length"].append(cmask.sum(-1).float().cpu())
+        for name, fn in self.val_rewards.items():
+            self._val[name].append(fn.to(self.device)(batch["prompt"], gen.texts).float().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        for name, values in self._val.items():
+            if values:
+                self.log(f"val/{name}", torch.cat(values).mean().to(self.device), sync_dist=True,
+                         prog_bar=name == "score")
+
+    # -- checkpoints: KL controller, running reward statistics, RNG ------------------------------------
+    def rl_state(self) -> dict:
+        """Algorithm state beyond parameters and optimiser; subclasses extend it."""
+        return {"kl_controller": self.kl_ctl.state_dict(), "reward": self.reward_fn.state_dict(),
+                "iteration": self.iteration}
+
+    def load_rl_state(self, state: dict) -> None:
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.reward_fn.load_state_dict(state["reward"])
+        self.iteration = int(state.get("iteration", 0))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref_policy.")}
+        checkpoint["rl_state"] = self.rl_state()
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rl_state" in checkpoint:
+            self.load_rl_state(checkpoint["rl_state"])
+        if "rng_state" in checkpoint:
+            set_rng_state(checkpoint["rng_state"])
+
+
+def rng_state() -> dict:
+    """Every RNG the rollouts draw from, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
