@@ -1,0 +1,141 @@
+"""The labelling report: how usable a judge's labels are, measured, next to every labelled dataset.
+
+* ``pairs``, ``invalid`` (unparseable answers: never turned into verdicts), ``ties``, ``decided``.
+* ``position_bias_rate``: among pairs asked in both orders with a decided single-order verdict in each,
+  how often the verdict flips when the order is swapped (0 = order never matters, 1 = the judge always
+  picks the same position). ``first_position_rate``: share of single-order answers that picked the
+  response shown first.
+* ``gold_accuracy`` and ``gold_kappa`` (Cohen's κ): agreement of the decided verdicts with the gold
+  ordering, over pairs where gold is not a tie; ``gold_accuracy_single_order`` is the same for the
+  first order alone, to show what averaging both orders bought.
+* ``calls``, ``cache_hits``, ``seconds`` and the other counters the judge reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from alignlab.utils.io import write_json
+
+
+def cohen_kappa(a: Sequence, b: Sequence) -> float | None:
+    """Cohen's κ of two equally long label sequences; None when undefined (fewer than one item, or chance
+    agreement is 1 because both raters always give the same single label)."""
+    if len(a) != len(b):
+        raise ValueError(f"cohen_kappa: {len(a)} vs {len(b)} labels")
+    n = len(a)
+    if n == 0:
+        return None
+    labels = set(a) | set(b)
+    p_o = sum(x == y for x, y in zip(a, b)) / n
+    p_e = sum((sum(x == c for x in a) / n) * (sum(y == c for y in b) / n) for c in labels)
+    if math.isclose(p_e, 1.0):
+        return None
+    return (p_o - p_e) / (1 - p_e)
+
+
+def _single(p: float | None) -> str | None:
+    if p is None or p == 0.5:
+        return None
+    return "first" if p > 0.5 else "second"
+
+
+def _rate(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def labelling_report(
+    results: Sequence[dict],
+    gold_first: Sequence[float] | None = None,
+    gold_second: Sequence[float] | None = None,
+    stats: dict | None = None,
+    mode: str = "pairwise",
+) -> dict:
+    """Measure a judge's labels.
+
+    Args:
+        results: per pair, a dict with ``verdict`` (first/second/tie/invalid), ``p_forward`` and ``p_backward``
+            (P(first ≻ second) from each order alone; pointwise: P(yes) of each text).
+        gold_first: gold score of each pair's first completion (None when the task has no gold reward).
+        gold_second: gold score of each pair's second completion.
+        stats: the judge's counters (calls, cache hits, seconds, ...), copied into the report.
+        mode: ``pairwise`` (order metrics measured) or ``pointwise`` (no order, so no position bias).
+    """
+    verdicts = [r["verdict"] for r in results]
+    rep: dict = {
+        "pairs": len(results),
+        "invalid": verdicts.count("invalid"),
+        "ties": verdicts.count("tie"),
+        "decided": verdicts.count("first") + verdicts.count("second"),
+        "mode": mode,
+    }
+    # position bias: both single-order verdicts decided, do they agree?
+    flips = both = picked_a = answered = 0
+    if mode == "pairwise":
+        for r in results:
+            f, b = _single(r.get("p_forward")), _single(r.get("p_backward"))
+            for v, a_is in ((f, "first"), (b, "second")):  # in the swapped order option A is the second text
+                if v is not None:
+                    answered += 1
+                    picked_a += v == a_is
+            if f is not None and b is not None:
+                both += 1
+                flips += f != b
+    rep["position_bias_rate"] = _rate(flips, both)
+    rep["position_bias_pairs"] = both
+    rep["first_position_rate"] = _rate(picked_a, answered)
+    if gold_first is not None and gold_second is not None:
+        if not (len(gold_first) == len(gold_second) == len(results)):
+            raise ValueError("gold scores and judge results differ in length")
+        gold = ["first" if x > y else "second" if x < y else "tie" for x, y in zip(gold_first, gold_second)]
+        idx = [i for i, g in enumerate(gold) if g != "tie" and verdicts[i] in ("first", "second")]
+        judge_l, gold_l = [verdicts[i] for i in idx], [gold[i] for i in idx]
+        rep["gold_ties"] = gold.count("tie")
+        rep["gold_compared"] = len(idx)
+        rep["gold_accuracy"] = _rate(sum(x == y for x, y in zip(judge_l, gold_l)), len(idx))
+        rep["gold_kappa"] = cohen_kappa(judge_l, gold_l)
+        if mode == "pairwise":
+            single = [(_single(results[i].get("p_forward")), gold[i]) for i in range(len(results))]
+            single = [(v, g) for v, g in single if v is not None and g != "tie"]
+            rep["gold_accuracy_single_order"] = _rate(sum(v == g for v, g in single), len(single))
+    rep.update(stats or {})
+    return rep
+
+
+def report_path(dataset_path: str | os.PathLike) -> Path:
+    """``pairs.jsonl`` -> ``pairs.report.json`` beside it."""
+    p = Path(dataset_path)
+    return p.with_name(p.name.split(".")[0] + ".report.json")
+
+
+def write_report(report: dict, dataset_path: str | os.PathLike) -> Path:
+    """Write the report atomically next to the labelled dataset; returns its path."""
+    return write_json(report_path(dataset_path), report)
+
+
+def format_report(report: dict) -> str:
+    """The report as a few readable lines for the log."""
+
+    def f(x):
+        if x is None:
+            return "n/a"
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    lines = [
+        f"[label report] pairs={report['pairs']} decided={report['decided']} ties={report['ties']} "
+        f"invalid={report['invalid']} mode={report.get('mode')}",
+        f"  position bias: flip rate={f(report.get('position_bias_rate'))} over "
+        f"{report.get('position_bias_pairs', 0)} pairs; first-position rate={f(report.get('first_position_rate'))}",
+    ]
+    if "gold_accuracy" in report:
+        lines.append(
+            f"  agreement with gold: accuracy={f(report['gold_accuracy'])} kappa={f(report['gold_kappa'])} "
+            f"over {report['gold_compared']} pairs (gold ties {report['gold_ties']}); single order "
+            f"accuracy={f(report.get('gold_accuracy_single_order'))}"
+        )
+    keys = ("calls", "queries", "cache_hits", "cache_misses", "seconds", "prompt_tokens", "completion_tokens")
+    lines.append("  cost: " + " ".join(f"{k}={f(report[k])}" for k in keys if k in report))
+    return "\n".join(lines)
