@@ -225,7 +225,7 @@ def option_token_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
     ids: list[list[int]] = []
     for opt in options:
         exact, first = set(), []
-        for v in dict.fromkeys([opt, " " + opt, opt.capitalize(), " " + opt.capitalize(), opt.lower()]):
+        for v in dict.fromkeys([opt, " " + opt, opt.capitalize(), " " + opt.capitalize()]):
             toks = tokenizer.encode(v, add_special_tokens=False)
             if len(toks) == 1 and tokenizer.decode(toks).strip().lower() == opt.lower():
                 exact.add(toks[0])
