@@ -181,9 +181,8 @@ def test_judge_configs_instantiate(name, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from conftest import CONF
-
     import alignlab.utils.hydra  # noqa: F401
+    from conftest import CONF
 
     with initialize_config_dir(config_dir=str(CONF / "judge"), version_base="1.3"):
         cfg = compose(config_name=name)
