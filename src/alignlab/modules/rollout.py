@@ -176,8 +176,14 @@ class OnlineRLModule(PolicyModule):
     # -- rollouts ------------------------------------------------------------------------------------
     def reference_logprobs(self, qr, mask, ctx, temperature: float) -> torch.Tensor:
         """log pi_ref of the completion tokens: the frozen copy, or the policy with its adapter disabled."""
-        with reference_mode(self.policy if self.ref_policy is None else self.ref_policy) as ref:
-            return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size)
+        # peft re-marks inactive adapters as frozen when the adapter is switched back on: keep the flags
+        flags = [(p, p.requires_grad) for p in self.policy.parameters()]
+        try:
+            with reference_mode(self.policy if self.ref_policy is None else self.ref_policy) as ref:
+                return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size)
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
     @torch.no_grad()
     def collect_rollouts(self, prompt_ids: list[list[int]], prompts: list[str]) -> Rollout:
