@@ -116,3 +116,26 @@ def test_missing_file_and_unsupported_type(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DataError, match="unsupported file type"):
         load_rows(str(tmp_path / "x.txt"), "sft")
+
+
+def _pref_module(path, tokenizer, **kw):
+    from alignlab.data.datamodules import PreferenceDataModule
+
+    dm = PreferenceDataModule(
+        train_path=path, val_fraction=0.5, max_length=40, max_prompt_length=16, tokenizer=tokenizer, **kw
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_over_length_rows_error_drop_or_truncate(tmp_path, tiny_lm):
+    long = json.dumps({"prompt": "p", "chosen": "x" * 100, "rejected": "no"})
+    path = _jsonl(tmp_path / "p.jsonl", [GOOD, long, GOOD, GOOD])
+    with pytest.raises(DataError, match=r"p.jsonl:2: field 'chosen' is too long \(102 tokens > 40\)"):
+        _pref_module(path, tiny_lm.tokenizer, truncation="error")
+    dm = _pref_module(path, tiny_lm.tokenizer, truncation="drop")
+    assert len(dm.train_set) + len(dm.val_set) == 3 and dm.truncation_counts == {"dropped over-length": 1}
+    dm = _pref_module(path, tiny_lm.tokenizer, truncation="truncate")
+    assert len(dm.train_set) + len(dm.val_set) == 4 and dm.truncation_counts == {"chosen truncated": 1}
+    batch = dm.collator()([dm.train_set[i] for i in range(len(dm.train_set))] + [dm.val_set[0]])
+    assert batch["chosen_input_ids"].shape[1] <= 40  # padded to the batch's longest, never beyond max_length
