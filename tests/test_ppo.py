@@ -87,9 +87,8 @@ def test_ppo_lora_separate_value_adapter(tmp_path, tiny_lm):
     cfg = compose(["experiment=ppo_tiny", "peft=lora", f"paths.output_dir={tmp_path}", "logger=none",
                    "callbacks=none", "trainer.max_steps=2", "trainer.val_check_interval=1000",
                    "trainer.enable_progress_bar=false"])
-    from hydra.utils import instantiate
-
     import lightning as L
+    from hydra.utils import instantiate
 
     dm = instantiate(cfg.data, tokenizer=tiny_lm.tokenizer)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -131,7 +130,7 @@ def test_ppo_smollm2_lora_two_steps(tmp_path):
                    "logger=none", "trainer.enable_progress_bar=false", "data.batch_size=4", "algo.max_new_tokens=8",
                    "algo.ppo_epochs=1", "algo.num_minibatches=1", "algo.kl_target=2.0", "algo.optimizer.lr=1e-4",
                    "trainer.max_steps=2", "trainer.val_check_interval=1000", "data.limit=12",
-                   "callbacks.checkpoint.every_n_train_steps=2", "~callbacks.samples"])
+                   "callbacks.checkpoint.every_n_train_steps=2"])
     metrics, objs = train(cfg)
     assert objs["trainer"].global_step == 2 and objs["module"].ref_policy is None
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
