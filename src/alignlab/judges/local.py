@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignlab.judges.base import Judgement, PairwiseJudge, check_pairs
 from alignlab.judges.cache import JudgeCache, cache_key
 from alignlab.judges.templates import JudgeTemplate, normalise, render_plain, text_hash
 
@@ -68,7 +69,7 @@ def _logit(p: float, eps: float = 1e-6) -> float:
     return math.log(p / (1 - p))
 
 
-class OptionJudge:
+class OptionJudge(PairwiseJudge):
     """Base of LLM judges: subclasses implement ``_answer(queries) -> [{"probs": [..] | None, "raw": str}]``
     and ``identity()``; ``judge`` handles templates, both orders, the cache and the combination."""
 
@@ -139,14 +140,11 @@ class OptionJudge:
 
     def judge_pairs(
         self, prompts: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]
-    ) -> list[dict]:
+    ) -> list[Judgement]:
         """Per pair: ``p_first`` = P(first ≻ second), ``verdict`` (first/second/tie/invalid), ``p_forward``
         and ``p_backward`` (P(first ≻ second) from each order alone; pointwise: P(yes) of first/second),
         ``raw`` (raw outputs), ``judge`` and ``template_hash``."""
-        if not (len(prompts) == len(firsts) == len(seconds)):
-            raise ValueError(
-                f"judge got {len(prompts)} prompts, {len(firsts)} first and {len(seconds)} second completions"
-            )
+        check_pairs(prompts, firsts, seconds)
         jid, th, t = self.identity(), self.template_hash(), self.template
         n = self.max_text_chars
         prompts, firsts, seconds = ([x[:n] for x in xs] for xs in (prompts, firsts, seconds))
@@ -170,9 +168,6 @@ class OptionJudge:
         answers = self._run(keys, kinds, queries)
         k = 2 if self.both_orders else 1
         return [self._combine_pairwise(answers[k * i : k * i + k]) for i in range(len(prompts))]
-
-    def _meta(self) -> dict:
-        return {"judge": self.identity(), "judge_name": self.name, "template_hash": self.template_hash()}
 
     def _combine_pairwise(self, answers: list[dict]) -> dict:
         fwd = answers[0]["probs"][0] if answers[0]["probs"] is not None else None
