@@ -19,18 +19,37 @@ def _series(run_dir: Path, key: str) -> list[float]:
 
 
 def test_ppo_tiny_raises_score_and_writes_artifacts(tmp_path):
-    cfg = compose(["experiment=ppo_tiny", f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false",
-                   "trainer.log_every_n_steps=1", "algo.kl_target=3.0", "algo.kl_horizon=200",
-                   "algo.reward_normalize=true", "trainer.max_steps=80",
-                   "callbacks.checkpoint.every_n_train_steps=40"])
+    cfg = compose(
+        [
+            "experiment=ppo_tiny",
+            f"paths.output_dir={tmp_path}",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            "algo.kl_target=3.0",
+            "algo.kl_horizon=200",
+            "algo.reward_normalize=true",
+            "trainer.max_steps=80",
+            "callbacks.checkpoint.every_n_train_steps=40",
+        ]
+    )
     metrics, objs = train(cfg)
     scores = _series(tmp_path, "objective/score")
     assert len(scores) >= 8
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     # a random byte model writes ~10% lowercase letters; PPO must raise that clearly
     assert last > first + 0.2, scores
-    for key in ("objective/kl", "objective/kl_coef", "objective/entropy", "policy/clipfrac", "policy/approx_kl",
-                "value/loss", "value/explained_variance", "completion/length", "val/score", "val/kl"):
+    for key in (
+        "objective/kl",
+        "objective/kl_coef",
+        "objective/entropy",
+        "policy/clipfrac",
+        "policy/approx_kl",
+        "value/loss",
+        "value/explained_variance",
+        "completion/length",
+        "val/score",
+        "val/kl",
+    ):
         assert key in metrics, key
     assert metrics["objective/kl_coef"] != pytest.approx(0.01)  # the adaptive controller moved it
     assert (tmp_path / "policy" / "config.json").exists() and (tmp_path / "metrics.json").exists()
@@ -47,10 +66,21 @@ def test_ppo_tiny_raises_score_and_writes_artifacts(tmp_path):
     assert not any(k.startswith("ref_policy.") for k in ckpt["state_dict"])
 
     # resuming restores them and continues
-    cfg2 = compose(["experiment=ppo_tiny", f"paths.output_dir={tmp_path / 'resumed'}", "logger=none",
-                    "trainer.enable_progress_bar=false", "algo.kl_target=3.0", "algo.kl_horizon=200",
-                    "algo.reward_normalize=true", "trainer.max_steps=84", "trainer.val_check_interval=1000",
-                    f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", "~callbacks.checkpoint"])
+    cfg2 = compose(
+        [
+            "experiment=ppo_tiny",
+            f"paths.output_dir={tmp_path / 'resumed'}",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "algo.kl_target=3.0",
+            "algo.kl_horizon=200",
+            "algo.reward_normalize=true",
+            "trainer.max_steps=84",
+            "trainer.val_check_interval=1000",
+            f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+            "~callbacks.checkpoint",
+        ]
+    )
     seen = {}
 
     from alignlab.modules.ppo import PPOModule
@@ -79,20 +109,44 @@ def test_ppo_lora_separate_value_adapter(tmp_path, tiny_lm):
 
     base = {n: p.clone() for n, p in tiny_lm.model.named_parameters()}
     policy = apply_peft(tiny_lm.model, LoraSpec(r=4, alpha=8))
-    module = PPOModule(policy, tiny_lm.tokenizer, reward=CharFractionReward("abc"), value_model="separate",
-                       max_new_tokens=4, ppo_epochs=1, num_minibatches=1, log_samples_every=0)
+    module = PPOModule(
+        policy,
+        tiny_lm.tokenizer,
+        reward=CharFractionReward("abc"),
+        value_model="separate",
+        max_new_tokens=4,
+        ppo_epochs=1,
+        num_minibatches=1,
+        log_samples_every=0,
+    )
     assert module.ref_policy is None  # the reference is the adapter switched off, not a copy
     value_params = [p for n, p in policy.named_parameters() if ".value." in n]
     assert value_params and all(p.requires_grad for p in value_params)
-    cfg = compose(["experiment=ppo_tiny", "peft=lora", f"paths.output_dir={tmp_path}", "logger=none",
-                   "callbacks=none", "trainer.max_steps=2", "trainer.val_check_interval=1000",
-                   "trainer.enable_progress_bar=false"])
+    cfg = compose(
+        [
+            "experiment=ppo_tiny",
+            "peft=lora",
+            f"paths.output_dir={tmp_path}",
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=1000",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
     import lightning as L
     from hydra.utils import instantiate
 
     dm = instantiate(cfg.data, tokenizer=tiny_lm.tokenizer)
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, accelerator="cpu", enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        enable_model_summary=False,
+    )
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     trainer.fit(module, datamodule=dm)
     moved = {n for n, p in policy.named_parameters() if n in before and not torch.equal(p, before[n])}
@@ -117,8 +171,9 @@ def test_ppo_config_errors(tiny_lm):
         PPOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), kl_estimator="k9")
 
 
-@pytest.mark.parametrize("name", ["ppo_tiny", "rloo_tiny", "reward_tiny", "reward_sentiment", "ppo_sentiment",
-                                  "rloo_sentiment"])
+@pytest.mark.parametrize(
+    "name", ["ppo_tiny", "rloo_tiny", "reward_tiny", "reward_sentiment", "ppo_sentiment", "rloo_sentiment"]
+)
 def test_experiments_compose(name):
     cfg = compose([f"experiment={name}"])
     assert cfg.algo._target_.startswith("alignlab.modules.")
@@ -126,11 +181,26 @@ def test_experiments_compose(name):
 
 @pytest.mark.slow
 def test_ppo_smollm2_lora_two_steps(tmp_path):
-    cfg = compose(["experiment=ppo_tiny", "model=smollm2_135m", "peft=lora", f"paths.output_dir={tmp_path}",
-                   "logger=none", "trainer.enable_progress_bar=false", "data.batch_size=4", "algo.max_new_tokens=8",
-                   "algo.ppo_epochs=1", "algo.num_minibatches=1", "algo.kl_target=2.0", "algo.optimizer.lr=1e-4",
-                   "trainer.max_steps=2", "trainer.val_check_interval=1000", "data.limit=12",
-                   "callbacks.checkpoint.every_n_train_steps=2"])
+    cfg = compose(
+        [
+            "experiment=ppo_tiny",
+            "model=smollm2_135m",
+            "peft=lora",
+            f"paths.output_dir={tmp_path}",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=4",
+            "algo.max_new_tokens=8",
+            "algo.ppo_epochs=1",
+            "algo.num_minibatches=1",
+            "algo.kl_target=2.0",
+            "algo.optimizer.lr=1e-4",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=1000",
+            "data.limit=12",
+            "callbacks.checkpoint.every_n_train_steps=2",
+        ]
+    )
     metrics, objs = train(cfg)
     assert objs["trainer"].global_step == 2 and objs["module"].ref_policy is None
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")

@@ -14,8 +14,15 @@ from conftest import compose
 
 
 def test_reward_model_learns_toy_pairs_and_reloads(tmp_path):
-    cfg = compose(["experiment=reward_tiny", f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false",
-                   "trainer.max_steps=40", "trainer.val_check_interval=20"])
+    cfg = compose(
+        [
+            "experiment=reward_tiny",
+            f"paths.output_dir={tmp_path}",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_steps=40",
+            "trainer.val_check_interval=20",
+        ]
+    )
     metrics, objs = train(cfg)
     module = objs["module"]
     assert metrics["val/accuracy"] >= 0.875, metrics  # 8 held-out pairs; chance is 0.5
@@ -43,7 +50,11 @@ def test_reward_model_learns_toy_pairs_and_reloads(tmp_path):
 
 def _texts(items, tok):
     dec = lambda ids: tok.decode(ids[:-1])  # noqa: E731  (drop the EOS the formatter appended)
-    return [x["prompt"] for x in items], [dec(x["chosen_ids"]) for x in items], [dec(x["rejected_ids"]) for x in items]
+    return (
+        [x["prompt"] for x in items],
+        [dec(x["chosen_ids"]) for x in items],
+        [dec(x["rejected_ids"]) for x in items],
+    )
 
 
 def test_score_is_read_at_last_real_token_whatever_the_padding(tiny_lm):
@@ -62,15 +73,26 @@ def test_score_is_read_at_last_real_token_whatever_the_padding(tiny_lm):
 
 
 def test_lora_reward_model_roundtrip(tmp_path):
-    cfg = compose(["experiment=reward_tiny", "peft=lora", f"paths.output_dir={tmp_path}", "logger=none",
-                   "callbacks=none", "trainer.max_steps=3", "trainer.enable_progress_bar=false"])
+    cfg = compose(
+        [
+            "experiment=reward_tiny",
+            "peft=lora",
+            f"paths.output_dir={tmp_path}",
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_steps=3",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
     _, objs = train(cfg)
     assert (tmp_path / "policy" / "adapter_config.json").exists()
     from alignlab.rewards.reward_model import RewardModelReward
 
     rm = RewardModelReward(str(tmp_path / "policy"))
     module = objs["module"].eval()
-    assert any(p.abs().sum() > 0 for n, p in module.policy.named_parameters() if "lora_B" in n)  # adapter trained
+    assert any(
+        p.abs().sum() > 0 for n, p in module.policy.named_parameters() if "lora_B" in n
+    )  # adapter trained
     items = list(objs["datamodule"].val_set)
     batch = objs["datamodule"].collator()(items)
     with torch.no_grad():
@@ -94,7 +116,7 @@ def test_normalized_reward_running_stats_clip_and_state():
     for batch in (["aaaa", "abbb"], ["bbbb", "aabb", "a"]):
         out = norm(["p"] * len(batch), batch)
         seen += base(["p"] * len(batch), batch).tolist()
-        ref = (torch.tensor(seen[-len(batch):]) - torch.tensor(seen).mean()) / torch.tensor(seen).std()
+        ref = (torch.tensor(seen[-len(batch) :]) - torch.tensor(seen).mean()) / torch.tensor(seen).std()
         assert torch.allclose(out, ref.clamp(-1, 1), atol=1e-6)
     assert norm.moments.count == 5 and norm.moments.mean == pytest.approx(sum(seen) / 5)
     restored = NormalizedReward(CharFractionReward("a"), normalize=True, clip=1.0)

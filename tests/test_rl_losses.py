@@ -154,7 +154,8 @@ def test_bradley_terry_hard_soft_margin():
     ce2 = -(0.8 * math.log(sig(torch.tensor(-1.0))) + 0.2 * math.log(sig(torch.tensor(1.0))))
     assert bradley_terry_loss(c, r, p).item() == pytest.approx((ce + ce2) / 2)
     assert bradley_terry_loss(c, r, margin=1.0).item() == pytest.approx(
-        -(math.log(0.5) + math.log(sig(torch.tensor(-2.0)))) / 2)
+        -(math.log(0.5) + math.log(sig(torch.tensor(-2.0)))) / 2
+    )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         bradley_terry_loss(c, r, torch.tensor([1.5, 0.0]))
     assert preference_accuracy(c, r).item() == 0.5

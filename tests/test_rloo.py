@@ -18,9 +18,16 @@ def _scores(run_dir) -> list[float]:
 
 @pytest.mark.parametrize("algo", ["rloo", "reinforce"])
 def test_tiny_policy_gradient_raises_score(tmp_path, algo):
-    over = ["experiment=rloo_tiny", f"algo={algo}", "reward@algo.reward=char_fraction",
-            f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-            "trainer.max_steps=40", "callbacks.checkpoint.every_n_train_steps=40"]
+    over = [
+        "experiment=rloo_tiny",
+        f"algo={algo}",
+        "reward@algo.reward=char_fraction",
+        f"paths.output_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=40",
+        "callbacks.checkpoint.every_n_train_steps=40",
+    ]
     if algo == "reinforce":
         over += ["data.batch_size=24", "algo.normalize_advantages=true"]
     metrics, objs = train(compose(over))
@@ -44,7 +51,9 @@ def test_rloo_config_errors(tiny_lm):
         RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), k=1, baseline="rloo")
     with pytest.raises(ValueError, match="choose one of"):
         RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), baseline="median")
-    m = RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), k=2, baseline="ema", ema_decay=0.5)
+    m = RLOOModule(
+        tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), k=2, baseline="ema", ema_decay=0.5
+    )
     assert m.advantages(torch.tensor([1.0, 3.0])).tolist() == [-1.0, 1.0]  # first batch: its own mean
     assert m.baseline_value == 2.0
     assert m.advantages(torch.tensor([4.0, 4.0])).tolist() == [2.0, 2.0]

@@ -20,8 +20,10 @@ def bradley_terry_loss(
     (Llama 2's margin loss); d = r_c - r_r - margin.
     """
     if chosen_rewards.shape != rejected_rewards.shape:
-        raise ValueError(f"chosen {tuple(chosen_rewards.shape)} and rejected {tuple(rejected_rewards.shape)} "
-                         "rewards must have the same shape")
+        raise ValueError(
+            f"chosen {tuple(chosen_rewards.shape)} and rejected {tuple(rejected_rewards.shape)} "
+            "rewards must have the same shape"
+        )
     d = chosen_rewards - rejected_rewards - margin
     if p_chosen is None:
         return -F.logsigmoid(d).mean()
@@ -31,8 +33,9 @@ def bradley_terry_loss(
     return -(p * F.logsigmoid(d) + (1 - p) * F.logsigmoid(-d)).mean()
 
 
-def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                        p_chosen: torch.Tensor | None = None) -> torch.Tensor:
+def preference_accuracy(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, p_chosen: torch.Tensor | None = None
+) -> torch.Tensor:
     """Share of pairs ranked the way the label says (chosen when p_chosen >= 0.5); ties count half."""
     d = chosen_rewards - rejected_rewards
     if p_chosen is not None:
@@ -52,5 +55,5 @@ def calibration_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 1
     emp_sum = torch.bincount(idx, weights=targets.float(), minlength=n_bins)
     pred = pred_sum / count
     emp = emp_sum / count
-    ece = ((pred_sum - emp_sum).abs().sum() / count.sum().clamp(min=1))
+    ece = (pred_sum - emp_sum).abs().sum() / count.sum().clamp(min=1)
     return pred, emp, count, ece

@@ -33,7 +33,9 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
     """Normalise ``x`` to unit variance (and zero mean, with ``shift_mean``) over the masked positions.
 
     Positions outside the mask are returned as 0.
@@ -56,8 +58,10 @@ def compute_gae(
     Returns (advantages, returns), both (B, L) and 0 outside the mask; returns = advantages + values.
     """
     if rewards.shape != values.shape or rewards.shape != mask.shape:
-        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask "
-                         f"{tuple(mask.shape)} must have the same (B, L) shape")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same (B, L) shape"
+        )
     m = mask.to(values.dtype)
     rewards, values = rewards * m, values * m
     length = rewards.shape[1]
@@ -100,7 +104,10 @@ class PGLossOutput(NamedTuple):
 
 
 def pg_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
     cliprange: float = 0.2,
 ) -> PGLossOutput:
     """PPO clipped surrogate (Schulman et al. 2017), per token, averaged over the mask.
@@ -118,7 +125,10 @@ def pg_loss(
 
 
 def vf_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
     cliprange_value: float = 0.2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss: 0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old).

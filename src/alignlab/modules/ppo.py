@@ -47,7 +47,11 @@ class PPOModule(OnlineRLModule):
     """PPO-clip with GAE from a value head; logs objective/*, policy/*, value/* and completion/*."""
 
     def __init__(
-        self, policy, tokenizer, optimizer=None, scheduler=None,
+        self,
+        policy,
+        tokenizer,
+        optimizer=None,
+        scheduler=None,
         ppo_epochs: int = 4,
         num_minibatches: int = 2,
         cliprange: float = 0.2,
@@ -81,7 +85,9 @@ class PPOModule(OnlineRLModule):
         if value_model not in ("shared", "separate"):
             raise ValueError(f"algo.value_model={value_model!r}: choose shared or separate")
         if ppo_epochs < 1 or num_minibatches < 1:
-            raise ValueError(f"algo.ppo_epochs ({ppo_epochs}) and algo.num_minibatches ({num_minibatches}) must be >= 1")
+            raise ValueError(
+                f"algo.ppo_epochs ({ppo_epochs}) and algo.num_minibatches ({num_minibatches}) must be >= 1"
+            )
         self.ppo_epochs, self.num_minibatches = ppo_epochs, num_minibatches
         self.cliprange, self.cliprange_value, self.vf_coef = cliprange, cliprange_value, vf_coef
         self.gamma, self.lam, self.whiten_rewards = gamma, lam, whiten_rewards
@@ -105,12 +111,14 @@ class PPOModule(OnlineRLModule):
         else:
             with active_adapter(self.policy, VALUE_ADAPTER):
                 hidden = last_hidden_state(self.policy, qr, attn, position_ids)
-        return self.value_head(hidden[:, ctx - 1: -1])  # (B, L)
+        return self.value_head(hidden[:, ctx - 1 : -1])  # (B, L)
 
     def forward_policy_value(self, qr, attn, ctx, responses):
         """log-probs (B, L), values (B, L) and logits (B, L, V) of one minibatch, with gradient."""
         shared = self.value_model == "shared"
-        logits, hidden = forward_completion(self.policy, qr, attn, ctx, self.sampling.temperature, with_hidden=shared)
+        logits, hidden = forward_completion(
+            self.policy, qr, attn, ctx, self.sampling.temperature, with_hidden=shared
+        )
         values = self.value_head(hidden) if shared else self.separate_values(qr, attn, ctx)
         return gather_logprobs(logits, responses), values, logits
 
@@ -121,7 +129,9 @@ class PPOModule(OnlineRLModule):
         chunk = self.forward_batch_size or qr.shape[0]
         out = []
         for i in range(0, qr.shape[0], chunk):
-            _, hidden = forward_completion(self.policy, qr[i: i + chunk], attn[i: i + chunk], ctx, with_hidden=True)
+            _, hidden = forward_completion(
+                self.policy, qr[i : i + chunk], attn[i : i + chunk], ctx, with_hidden=True
+            )
             out.append(self.value_head(hidden))
         return torch.cat(out)
 
@@ -141,8 +151,19 @@ class PPOModule(OnlineRLModule):
         advantages = masked_whiten(advantages, mask)
         # 7. several PPO epochs over minibatches: clipped policy loss + clipped value loss
         n = len(r.prompts)
-        stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac", "entropy",
-                                 "ratio", "grad_norm")}
+        stats = {
+            k: []
+            for k in (
+                "pg_loss",
+                "vf_loss",
+                "clipfrac",
+                "approx_kl",
+                "vf_clipfrac",
+                "entropy",
+                "ratio",
+                "grad_norm",
+            )
+        }
         for _ in range(self.ppo_epochs):
             for idx in torch.randperm(n, device=self.device).tensor_split(self.num_minibatches):
                 if idx.numel() == 0:
@@ -150,7 +171,8 @@ class PPOModule(OnlineRLModule):
                 mb = r.index(idx)
                 mb_mask = mb["response_mask"]
                 logprobs, vpred, logits = self.forward_policy_value(
-                    mb["query_responses"], mb["attention_mask"], r.context_length, mb["responses"])
+                    mb["query_responses"], mb["attention_mask"], r.context_length, mb["responses"]
+                )
                 pg = pg_loss(logprobs, mb["logprobs"], advantages[idx], mb_mask, self.cliprange)
                 vl, vclip = vf_loss(vpred, values[idx], returns[idx], mb_mask, self.cliprange_value)
                 loss = pg.pg_loss + self.vf_coef * vl

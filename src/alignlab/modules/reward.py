@@ -29,11 +29,13 @@ def backbone(model) -> nn.Module:
     return inner.base_model
 
 
-def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def last_hidden_state(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, T, H) final hidden states, without computing the vocabulary logits."""
-    out = backbone(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
+    out = backbone(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
     return out.last_hidden_state
 
 
@@ -55,7 +57,9 @@ class ScalarHead(nn.Module):
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
 
 
-def sequence_scores(model, head: ScalarHead, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_scores(
+    model, head: ScalarHead, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Scalar score of each sequence, read at its last real token: (B, T) -> (B,)."""
     hidden = last_hidden_state(model, input_ids, attention_mask)  # (B, T, H)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
@@ -82,7 +86,11 @@ class RewardModule(PolicyModule):
     calibration figure (``<run>/calibration/step_N.png``) after each validation."""
 
     def __init__(
-        self, policy, tokenizer, optimizer=None, scheduler=None,
+        self,
+        policy,
+        tokenizer,
+        optimizer=None,
+        scheduler=None,
         margin: float = 0.0,
         soft_labels: bool = True,
         center_rewards_coef: float = 0.0,
@@ -162,9 +170,17 @@ class RewardModule(PolicyModule):
         targets = torch.cat([p, 1 - p]).cpu()
         pred, emp, count, ece = calibration_bins(probs, targets, self.calibration_num_bins)
         self.log("val/ece", ece.to(self.device), sync_dist=True)
-        self._val_reward_stats = (torch.cat([chosen, rejected]).mean().item(), torch.cat([chosen, rejected]).std().item())
+        self._val_reward_stats = (
+            torch.cat([chosen, rejected]).mean().item(),
+            torch.cat([chosen, rejected]).std().item(),
+        )
         trainer = self._trainer
-        if self.plot_calibration and trainer is not None and trainer.is_global_zero and not trainer.sanity_checking:
+        if (
+            self.plot_calibration
+            and trainer is not None
+            and trainer.is_global_zero
+            and not trainer.sanity_checking
+        ):
             path = Path(trainer.default_root_dir) / "calibration" / f"step_{trainer.global_step:06d}.png"
             _plot_calibration(path, pred, emp, count, ece.item(), trainer.global_step)
 
@@ -179,18 +195,21 @@ class RewardModule(PolicyModule):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         hp = getattr(dm, "hparams", {}) or {}
         stats = getattr(self, "_val_reward_stats", None)
-        write_json(directory / CONFIG_FILE, {
-            "format": "alignlab-reward-model",
-            "hidden_size": hidden_size(self.policy),
-            "peft": self.uses_lora,
-            "base_model": self.base_model,
-            "use_chat_template": hp.get("use_chat_template", "auto"),
-            "system_prompt": hp.get("system_prompt"),
-            "max_length": int(hp.get("max_length", 512)),
-            "max_prompt_length": int(hp.get("max_prompt_length", 256)),
-            "val_reward_mean": stats[0] if stats else None,
-            "val_reward_std": stats[1] if stats else None,
-        })
+        write_json(
+            directory / CONFIG_FILE,
+            {
+                "format": "alignlab-reward-model",
+                "hidden_size": hidden_size(self.policy),
+                "peft": self.uses_lora,
+                "base_model": self.base_model,
+                "use_chat_template": hp.get("use_chat_template", "auto"),
+                "system_prompt": hp.get("system_prompt"),
+                "max_length": int(hp.get("max_length", 512)),
+                "max_prompt_length": int(hp.get("max_prompt_length", 256)),
+                "val_reward_mean": stats[0] if stats else None,
+                "val_reward_std": stats[1] if stats else None,
+            },
+        )
         return directory
 
 

@@ -20,7 +20,11 @@ class RLOOModule(OnlineRLModule):
     """k samples per prompt, sequence-level rewards, a baseline, one policy-gradient step per batch."""
 
     def __init__(
-        self, policy, tokenizer, optimizer=None, scheduler=None,
+        self,
+        policy,
+        tokenizer,
+        optimizer=None,
+        scheduler=None,
         k: int = 4,
         baseline: str = "rloo",
         ema_decay: float = 0.9,
@@ -59,8 +63,11 @@ class RLOOModule(OnlineRLModule):
         elif self.baseline == "ema":
             adv = rewards - (rewards.mean().item() if self.baseline_value is None else self.baseline_value)
             batch_mean = rewards.mean().item()
-            self.baseline_value = batch_mean if self.baseline_value is None else (
-                self.ema_decay * self.baseline_value + (1 - self.ema_decay) * batch_mean)
+            self.baseline_value = (
+                batch_mean
+                if self.baseline_value is None
+                else (self.ema_decay * self.baseline_value + (1 - self.ema_decay) * batch_mean)
+            )
         else:
             adv = rewards
         if self.normalize_advantages and adv.numel() > 1:
@@ -84,8 +91,13 @@ class RLOOModule(OnlineRLModule):
         entropy = []
         for i in range(0, n, chunk):
             sl = slice(i, i + chunk)
-            logits, _ = forward_completion(self.policy, r.query_responses[sl], r.attention_mask[sl],
-                                           r.context_length, self.sampling.temperature)
+            logits, _ = forward_completion(
+                self.policy,
+                r.query_responses[sl],
+                r.attention_mask[sl],
+                r.context_length,
+                self.sampling.temperature,
+            )
             logprobs = gather_logprobs(logits, r.responses[sl])
             loss = reinforce_loss(logprobs, adv[sl], mask[sl]) * (logprobs.shape[0] / n)
             self.manual_backward(loss)

@@ -68,34 +68,50 @@ class Rollout:
 
     def index(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The tensors of a minibatch (rows ``idx``)."""
-        return {k: getattr(self, k)[idx] for k in ("query_responses", "attention_mask", "responses",
-                                                   "response_mask", "logprobs")}
+        return {
+            k: getattr(self, k)[idx]
+            for k in ("query_responses", "attention_mask", "responses", "response_mask", "logprobs")
+        }
 
 
-def forward_completion(model, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
-                       temperature: float = 1.0, with_hidden: bool = False):
+def forward_completion(
+    model,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float = 1.0,
+    with_hidden: bool = False,
+):
     """Logits (B, L, V) predicting each completion token, and optionally the hidden states (B, L, H)
     of the positions that predict them. Position ids follow the left padding, as in generation."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     length = query_responses.shape[1] - context_length
-    out = model(input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=False, output_hidden_states=with_hidden, logits_to_keep=length + 1)
-    logits = out.logits[:, -length - 1: -1]  # (B, L, V)
+    out = model(
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        output_hidden_states=with_hidden,
+        logits_to_keep=length + 1,
+    )
+    logits = out.logits[:, -length - 1 : -1]  # (B, L, V)
     if temperature != 1.0:
         logits = logits / temperature
-    hidden = out.hidden_states[-1][:, context_length - 1: -1] if with_hidden else None  # (B, L, H)
+    hidden = out.hidden_states[-1][:, context_length - 1 : -1] if with_hidden else None  # (B, L, H)
     return logits, hidden
 
 
-def completion_logprobs(model, query_responses, attention_mask, context_length, temperature=1.0,
-                        chunk: int | None = None) -> torch.Tensor:
+def completion_logprobs(
+    model, query_responses, attention_mask, context_length, temperature=1.0, chunk: int | None = None
+) -> torch.Tensor:
     """log pi(completion token) (B, L), in chunks of ``chunk`` sequences to bound the logits' memory."""
     chunk = chunk or query_responses.shape[0]
     out = []
     for i in range(0, query_responses.shape[0], chunk):
-        logits, _ = forward_completion(model, query_responses[i: i + chunk], attention_mask[i: i + chunk],
-                                       context_length, temperature)
-        out.append(gather_logprobs(logits, query_responses[i: i + chunk, context_length:]))
+        logits, _ = forward_completion(
+            model, query_responses[i : i + chunk], attention_mask[i : i + chunk], context_length, temperature
+        )
+        out.append(gather_logprobs(logits, query_responses[i : i + chunk, context_length:]))
         del logits
     return torch.cat(out)
 
@@ -104,7 +120,11 @@ class OnlineRLModule(PolicyModule):
     """What PPO, REINFORCE and RLOO share: sampling, scoring, the reference, KL, validation, RL state."""
 
     def __init__(
-        self, policy, tokenizer, optimizer=None, scheduler=None,
+        self,
+        policy,
+        tokenizer,
+        optimizer=None,
+        scheduler=None,
         reward: RewardFunction | None = None,
         val_rewards: dict | None = None,
         max_new_tokens: int = 32,
@@ -152,16 +172,22 @@ class OnlineRLModule(PolicyModule):
         """
         super().__init__(policy, tokenizer, optimizer, scheduler)
         if reward is None:
-            raise ValueError("algo.reward is required: e.g. reward=gold, or reward=reward_model reward.path=DIR")
+            raise ValueError(
+                "algo.reward is required: e.g. reward=gold, or reward=reward_model reward.path=DIR"
+            )
         if kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"algo.kl_estimator={kl_estimator!r}: choose k1, k2 or k3")
         if temperature <= 0:
-            raise ValueError("algo.temperature must be > 0 for rollouts (log-probs need a sampling distribution)")
+            raise ValueError(
+                "algo.temperature must be > 0 for rollouts (log-probs need a sampling distribution)"
+            )
         self.automatic_optimization = False
         self.reward_fn = NormalizedReward(reward, reward_normalize, reward_clip)
         self.val_rewards = dict(val_rewards or {})
         self.sampling = SamplingConfig(max_new_tokens, temperature, top_p, top_k)
-        self.val_sampling = SamplingConfig(max_new_tokens, val_temperature, top_p if val_temperature > 0 else 1.0, top_k)
+        self.val_sampling = SamplingConfig(
+            max_new_tokens, val_temperature, top_p if val_temperature > 0 else 1.0, top_k
+        )
         self.kl_ctl = KLController(kl_coef, kl_target, kl_horizon)
         self.kl_estimator = kl_estimator
         self.missing_eos_penalty = missing_eos_penalty
@@ -205,13 +231,30 @@ class OnlineRLModule(PolicyModule):
             scores = scores - self.missing_eos_penalty * (~stopped).float()
         # 3. log-probs under the policy and the reference (adapter disabled), per-token KL
         self.policy.eval()
-        logprobs = completion_logprobs(self.policy, qr, attn, ctx, self.sampling.temperature,
-                                       self.forward_batch_size) * response_mask
+        logprobs = (
+            completion_logprobs(
+                self.policy, qr, attn, ctx, self.sampling.temperature, self.forward_batch_size
+            )
+            * response_mask
+        )
         ref_logprobs = self.reference_logprobs(qr, attn, ctx, self.sampling.temperature) * response_mask
         self.policy.train()
         kl = kl_estimate(logprobs, ref_logprobs, self.kl_estimator) * response_mask
-        return Rollout(prompts, gen.texts, qr, attn, ctx, responses, response_mask, stopped, raw, scores,
-                       logprobs, ref_logprobs, kl)
+        return Rollout(
+            prompts,
+            gen.texts,
+            qr,
+            attn,
+            ctx,
+            responses,
+            response_mask,
+            stopped,
+            raw,
+            scores,
+            logprobs,
+            ref_logprobs,
+            kl,
+        )
 
     def optimizer_update(self, loss: torch.Tensor | None = None) -> torch.Tensor | None:
         """(Backward,) clip, step, zero; the scheduler steps once per update. Returns the grad norm."""
@@ -251,10 +294,20 @@ class OnlineRLModule(PolicyModule):
         if not trainer.is_global_zero:
             return
         n = min(self.num_log_samples, len(r.prompts))
-        rows = [{"step": trainer.global_step, "prompt": r.prompts[i], "completion": r.completions[i],
-                 "score": float(r.raw_scores[i]), "kl": float(r.kl[i].sum()), "stopped": bool(r.stopped[i])}
-                for i in range(n)]
-        write_jsonl(Path(trainer.default_root_dir) / "samples" / f"rollouts_{trainer.global_step:06d}.jsonl", rows)
+        rows = [
+            {
+                "step": trainer.global_step,
+                "prompt": r.prompts[i],
+                "completion": r.completions[i],
+                "score": float(r.raw_scores[i]),
+                "kl": float(r.kl[i].sum()),
+                "stopped": bool(r.stopped[i]),
+            }
+            for i in range(n)
+        ]
+        write_jsonl(
+            Path(trainer.default_root_dir) / "samples" / f"rollouts_{trainer.global_step:06d}.jsonl", rows
+        )
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
                 cols = list(rows[0])
@@ -272,7 +325,10 @@ class OnlineRLModule(PolicyModule):
             gen = sample(self.policy, self.tokenizer, batch["prompt_ids"], self.val_sampling)
         ctx_ids, ctx_mask = left_pad(batch["prompt_ids"], self.tokenizer.pad_token_id, self.device)
         cmask = gen.completion_mask.to(self.device)
-        qr, attn = torch.cat([ctx_ids, gen.completion_ids.to(self.device)], 1), torch.cat([ctx_mask, cmask], 1)
+        qr, attn = (
+            torch.cat([ctx_ids, gen.completion_ids.to(self.device)], 1),
+            torch.cat([ctx_mask, cmask], 1),
+        )
         logp = completion_logprobs(self.policy, qr, attn, ctx_ids.shape[1], 1.0, self.forward_batch_size)
         ref = self.reference_logprobs(qr, attn, ctx_ids.shape[1], 1.0)
         self._val["kl"].append(((logp - ref) * cmask).sum(-1).cpu())
@@ -284,14 +340,21 @@ class OnlineRLModule(PolicyModule):
     def on_validation_epoch_end(self) -> None:
         for name, values in self._val.items():
             if values:
-                self.log(f"val/{name}", torch.cat(values).mean().to(self.device), sync_dist=True,
-                         prog_bar=name == "score")
+                self.log(
+                    f"val/{name}",
+                    torch.cat(values).mean().to(self.device),
+                    sync_dist=True,
+                    prog_bar=name == "score",
+                )
 
     # -- checkpoints: KL controller, running reward statistics, RNG ------------------------------------
     def rl_state(self) -> dict:
         """Algorithm state beyond parameters and optimiser; subclasses extend it."""
-        return {"kl_controller": self.kl_ctl.state_dict(), "reward": self.reward_fn.state_dict(),
-                "iteration": self.iteration}
+        return {
+            "kl_controller": self.kl_ctl.state_dict(),
+            "reward": self.reward_fn.state_dict(),
+            "iteration": self.iteration,
+        }
 
     def load_rl_state(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -300,7 +363,9 @@ class OnlineRLModule(PolicyModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref_policy.")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref_policy.")
+        }
         checkpoint["rl_state"] = self.rl_state()
         checkpoint["rng_state"] = rng_state()
 
@@ -314,9 +379,16 @@ class OnlineRLModule(PolicyModule):
 def rng_state() -> dict:
     """Every RNG the rollouts draw from, in a form ``torch.load(weights_only=True)`` accepts."""
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -327,6 +399,8 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -68,8 +68,13 @@ class NormalizedReward(RewardFunction):
     resumed run normalises exactly as the interrupted one would have.
     """
 
-    def __init__(self, reward: RewardFunction, normalize: bool = True, clip: float | None = None,
-                 center_only: bool = False):
+    def __init__(
+        self,
+        reward: RewardFunction,
+        normalize: bool = True,
+        clip: float | None = None,
+        center_only: bool = False,
+    ):
         """
         Args:
             reward: the reward function to wrap.

@@ -73,10 +73,16 @@ class RewardModelReward(RewardFunction):
         self.batch_size = batch_size
         self.standardize = standardize
         if standardize and self.config.get("val_reward_std") is None:
-            raise ValueError(f"{path}: reward_config.json has no validation statistics; set standardize=false")
+            raise ValueError(
+                f"{path}: reward_config.json has no validation statistics; set standardize=false"
+            )
         self.formatter = Formatter(
-            self.tokenizer, self.config.get("use_chat_template", "auto"), self.config.get("system_prompt"),
-            self.config.get("max_prompt_length", 256), self.config.get("max_length", 512), "truncate",
+            self.tokenizer,
+            self.config.get("use_chat_template", "auto"),
+            self.config.get("system_prompt"),
+            self.config.get("max_prompt_length", 256),
+            self.config.get("max_length", 512),
+            "truncate",
         )
         self.name = f"reward_model[{Path(path).name}]"
 
@@ -95,8 +101,11 @@ class RewardModelReward(RewardFunction):
         device = next(self.head.parameters()).device
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            p_ids = [self.formatter.prompt_ids(p) for p in prompts[i: i + self.batch_size]]
-            c_ids = [self.formatter.completion_ids(c, len(p)) for p, c in zip(p_ids, completions[i: i + self.batch_size])]
+            p_ids = [self.formatter.prompt_ids(p) for p in prompts[i : i + self.batch_size]]
+            c_ids = [
+                self.formatter.completion_ids(c, len(p))
+                for p, c in zip(p_ids, completions[i : i + self.batch_size])
+            ]
             ids, mask, _ = join(p_ids, c_ids, self.tokenizer.pad_token_id)
             out.append(sequence_scores(self.model, self.head, ids.to(device), mask.to(device)).float().cpu())
         scores = torch.cat(out) if out else torch.zeros(0)
