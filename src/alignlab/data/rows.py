@@ -52,6 +52,8 @@ def _iter_raw(path: str) -> Any:
     if path.startswith("hf://"):
         yield from _iter_hub(path[len("hf://") :])
         return
+    if path.startswith("task://"):
+        path = _task_prompt_file(path)
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{path}: file not found; check data paths (e.g. data.train_path=...)", "missing")
@@ -111,6 +113,19 @@ def _iter_raw(path: str) -> Any:
         raise DataError(
             f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .parquet or .csv", "unsupported"
         )
+
+
+def _task_prompt_file(url: str) -> str:
+    """``task://NAME@SPLIT`` -> the task's prepared prompt file (prepared on first use)."""
+    name, sep, split = url[len("task://") :].partition("@")
+    if not name or not sep or not split:
+        raise DataError(f"{url}: expected task://NAME@SPLIT, e.g. task://sentiment@train", "missing")
+    from alignlab.tasks import get_task
+
+    try:
+        return get_task(name).prompt_file(split)
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{url}: {e.args[0] if e.args else e}", "missing") from e
 
 
 def _iter_hub(spec: str):

@@ -1,0 +1,164 @@
+"""Label app: ``python -m alignlab.label task=sentiment judge=gold model=smollm2_135m n_prompts=64``.
+
+Wiring only: sample two completions per prompt from a policy (``alignlab.tasks.pairs.sample_pairs``),
+label the pairs with the configured judge (``label_pairs``), write the preference rows and the labelling
+report atomically, print the counts, the agreement with the gold ordering and the throughput.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from alignlab.utils.hydra import CONF_DIR
+from alignlab.utils.runtime import configure_runtime, get_logger
+
+log = get_logger(__name__)
+
+
+def check_label_config(cfg: DictConfig) -> None:
+    from alignlab.utils.config import ConfigError
+
+    suffix = Path(str(cfg.output_path)).suffix
+    if suffix not in (".jsonl", ".parquet"):
+        raise ConfigError(f"output_path={cfg.output_path!r} must end in .jsonl or .parquet")
+    if cfg.get("n_prompts") is not None and int(cfg.n_prompts) < 1:
+        raise ConfigError(f"n_prompts={cfg.n_prompts} must be >= 1 (or null for the whole split)")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1")
+    if cfg.model.get("source") == "hf" and not cfg.model.get("name_or_path"):
+        raise ConfigError("model=hf needs model.name_or_path=<hub id or local directory>")
+
+
+def load_policy(cfg: DictConfig):
+    """The policy to sample from: ``model``, or ``policy_path`` (a LoRA adapter on top of ``model``, or a
+    full model directory); returns (model on its device, in eval mode; tokenizer)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from alignlab.models import ModelSpec
+
+    spec = instantiate(cfg.model)
+    path = cfg.get("policy_path")
+    adapter = False
+    if path:
+        p = Path(str(path)).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"policy_path={path!r} does not exist; give a run's policy/ directory")
+        adapter = (p / "adapter_config.json").exists()
+        if not adapter:
+            spec = ModelSpec(source="hf", name_or_path=str(p), dtype=spec.dtype)
+    lm = spec.load()
+    model = lm.model
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path))
+    device = cfg.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    return model, lm.tokenizer
+
+
+def label(cfg: DictConfig) -> dict:
+    """Run one labelling job described by ``cfg``; returns the labelling report."""
+    configure_runtime()
+    from hydra.utils import instantiate
+
+    from alignlab.data.tokenize import Formatter
+    from alignlab.judges.base import bind_task
+    from alignlab.judges.report import format_report, report_path
+    from alignlab.tasks.pairs import PairSet, label_pairs, sample_pairs
+    from alignlab.utils.config import save_resolved_config
+    from alignlab.utils.io import write_json, write_rows
+
+    check_label_config(cfg)
+    out = Path(str(cfg.output_path))
+    save_resolved_config(cfg, out.parent)
+    task = instantiate(cfg.task)
+    judge = instantiate(cfg.judge)
+    bind_task(judge, task)
+
+    # 1. pairs: sampled from the policy, or read from an earlier run's samples
+    if cfg.get("pairs_path"):
+        pairs = PairSet.load(str(cfg.pairs_path))
+        log.info("labelling %d pairs from %s", len(pairs.prompts), cfg.pairs_path)
+    else:
+        prompts = task.prompts(cfg.split)
+        if cfg.get("n_prompts"):
+            prompts = prompts[: int(cfg.n_prompts)]
+        model, tok = load_policy(cfg)
+        sampling = instantiate(cfg.sampling)
+        pf = cfg.prompt_format
+        fmt = Formatter(
+            tok,
+            pf.use_chat_template,
+            pf.system_prompt,
+            int(pf.max_prompt_length),
+            int(pf.max_prompt_length) + sampling.max_new_tokens + 1,
+        )
+        pairs = sample_pairs(
+            model, tok, prompts, sampling, fmt, int(cfg.batch_size), int(cfg.seed), cfg.progress
+        )
+        del model  # free the policy before an LLM judge loads its own model
+        if cfg.get("samples_path"):
+            pairs.save(str(cfg.samples_path))
+
+    # 2. labels
+    rows, report = label_pairs(judge, pairs, task, bool(cfg.keep_ties), progress=cfg.progress)
+    report.update(
+        {
+            "task": getattr(task, "name", None),
+            "split": cfg.get("split"),
+            "output": str(out),
+            "policy": cfg.get("policy_path") or cfg.model.get("source"),
+            "pairs_path": cfg.get("pairs_path"),
+        }
+    )
+
+    # 3. outputs, written atomically (the report even when no pair could be labelled)
+    rep_path = write_json(report_path(out), report)
+    if not rows:
+        raise RuntimeError(
+            f"no pair could be labelled (see {rep_path}): identical {report['identical_skipped']}, "
+            f"empty {report['empty_skipped']}, ties {report['ties']}, invalid {report['invalid']}"
+        )
+    write_rows(out, rows)
+
+    # 4. what happened, in a few lines
+    print(format_report(report), flush=True)
+    agree = report.get("gold_accuracy")
+    exp = report.get("expected_gold_accuracy")
+    cps = report.get("completions_per_s")
+    print(
+        f"[label] pairs={report['pairs_sampled']} labelled={report['decided']} ties={report['ties']} "
+        f"identical skipped={report['identical_skipped']} empty skipped={report['empty_skipped']} "
+        f"invalid={report['invalid']}",
+        flush=True,
+    )
+    if agree is not None:
+        print(
+            f"[label] agreement with the noiseless gold ordering: {agree:.3f} over {report['gold_compared']} "
+            f"pairs (expected from the judge's probabilities: {exp:.3f})",
+            flush=True,
+        )
+    if cps is not None:
+        print(
+            f"[label] sampling: {2 * report['pairs_sampled']} completions in {report['sampling_seconds']:.1f} s "
+            f"= {cps:.2f} completions/s",
+            flush=True,
+        )
+    print(f"[label] wrote {len(rows)} rows to {out} (report: {rep_path})", flush=True)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="label")
+def main(cfg: DictConfig) -> None:
+    label(cfg)
+
+
+if __name__ == "__main__":
+    main()
