@@ -219,6 +219,11 @@ class DPOModule(PolicyModule):
         self.log_dict(metrics, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=n)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        # cumulative: with precomputed reference log-probs it stops growing after the precompute pass
+        self.log("train/ref_forward_calls", float(self.ref_forward_calls), reduce_fx="max")
+        log.info("epoch %d: %d reference forward passes so far", self.current_epoch, self.ref_forward_calls)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
