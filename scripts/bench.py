@@ -1,0 +1,410 @@
+"""alignlab against TRL on the same work: DPO + LoRA, reward model, online RL (see docs/bench.md).
+
+    python scripts/bench.py --size tiny                 # CI-sized, a minute or two on a CPU
+    python scripts/bench.py --size smollm2 --repeats 2  # the real case (bundled SmolLM2-135M)
+    python scripts/bench.py --size smollm2 --scaling    # step time vs batch / length, FLOP/s vs roofline
+
+Each (case, framework) runs in its own process (this script with ``--worker``), alternating A B, B A, ...
+after ``--warmup-runs`` discarded rounds; every process has the same thread count (OMP_NUM_THREADS).
+Results merge into ``bench/results.json`` (replacing rows of the same size) and ``bench/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Settings per model size: identical for both frameworks (see docs/bench.md for the reasoning).
+SIZES = {
+    "tiny": {
+        "batch_size": 8,
+        "max_length": 256,
+        "max_prompt_length": 64,
+        "steps": 8,
+        "warmup_steps": 2,
+        "prompt_words": (4, 8),
+        "completion_words": (6, 18),
+        "lr": 1e-3,
+        "beta": 0.1,
+        "rl": {
+            "reward": "char_fraction",
+            "budget_s": 15.0,
+            "max_new_tokens": 16,
+            "k": 4,
+            "prompts_per_step": 4,
+            "kl_coef": 0.05,
+            "lr": 1e-3,
+            "ppo_epochs": 1,
+            "num_minibatches": 1,
+        },
+    },
+    "smollm2": {
+        "batch_size": 4,
+        "max_length": 256,
+        "max_prompt_length": 64,
+        "steps": 3,
+        "warmup_steps": 1,
+        "prompt_words": (4, 10),
+        "completion_words": (8, 24),
+        "lr": 1e-4,
+        "beta": 0.1,
+        "rl": {
+            "reward": "gold",
+            "budget_s": 60.0,
+            "max_new_tokens": 16,
+            "k": 4,
+            "prompts_per_step": 2,
+            "kl_coef": 0.05,
+            "lr": 2e-4,
+            "ppo_epochs": 1,
+            "num_minibatches": 1,
+        },
+    },
+}
+FRAMEWORKS = {
+    "dpo": ["alignlab", "trl"],
+    "reward": ["alignlab", "trl"],
+    "rl": ["alignlab-ppo", "alignlab-rloo", "trl-rloo"],
+}
+# (metric, higher is better, kind): kind "ratio" reports alignlab / TRL, "delta" reports alignlab - TRL
+METRICS = {
+    "dpo": [("pairs_per_s", True, "ratio"), ("tokens_per_s", True, "ratio"), ("peak_rss_mb", False, "ratio")],
+    "reward": [
+        ("pairs_per_s", True, "ratio"),
+        ("tokens_per_s", True, "ratio"),
+        ("peak_rss_mb", False, "ratio"),
+    ],
+    "rl": [
+        ("gold_reward", True, "delta"),
+        ("rollout_tokens_per_s", True, "ratio"),
+        ("samples_per_s", True, "ratio"),
+        ("peak_rss_mb", False, "ratio"),
+    ],
+}
+CASE_NAMES = {"dpo": "dpo_lora", "reward": "reward_model", "rl": "online_rl"}
+
+POSITIVE = "wonderful moving lovely bright superb warm charming delightful clever great".split()
+NEGATIVE = "dull awful flat tedious cold bad clumsy boring weak messy".split()
+FILLER = (
+    "the film story cast plot with a and of its to in scenes music pacing ending acting camera "
+    "moments long little every feels made through"
+).split()
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def write_data(work: Path, size: str, n_pairs: int = 64, seed: int = 0) -> dict:
+    """Synthetic review pairs (chosen positive, rejected negative, different lengths) and prompts."""
+    from alignlab.utils.io import write_jsonl
+
+    cfg = SIZES[size]
+    rng = random.Random(seed)
+
+    def words(lo_hi, pool):
+        return " ".join(rng.choice(pool + FILLER) for _ in range(rng.randint(*lo_hi)))
+
+    openings = ["The movie was", "This film felt", "The acting is", "Overall the story", "The ending was"]
+    pairs = []
+    for i in range(n_pairs):
+        prompt = f"{openings[i % len(openings)]} {words(cfg['prompt_words'], FILLER)}"
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": " " + words(cfg["completion_words"], POSITIVE),
+                "rejected": " " + words(cfg["completion_words"], NEGATIVE),
+            }
+        )
+    prompts = [
+        {"prompt": f"Movie review: {openings[i % len(openings)]} {words((1, 4), FILLER)}"} for i in range(48)
+    ]
+    paths = {
+        "data": work / "pairs.jsonl",
+        "prompts": work / "prompts.jsonl",
+        "eval_prompts": work / "eval.jsonl",
+    }
+    write_jsonl(paths["data"], pairs)
+    write_jsonl(paths["prompts"], prompts[:32])
+    write_jsonl(paths["eval_prompts"], prompts[32:])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def case_settings(case: str, size: str, paths: dict, seed: int = 0) -> dict:
+    cfg = SIZES[size]
+    base = {"size": size, "seed": seed, "data": paths["data"]}
+    if case == "rl":
+        return {**base, **cfg["rl"], "prompts": paths["prompts"], "eval_prompts": paths["eval_prompts"]}
+    keys = ("batch_size", "max_length", "max_prompt_length", "steps", "warmup_steps", "lr", "beta")
+    return {**base, **{k: cfg[k] for k in keys}}
+
+
+# -- running workers ------------------------------------------------------------------------------------------
+def spawn(case: str, framework: str, settings: dict, timeout: float) -> dict:
+    """Run one worker process; returns its measurements or {"error": ...}."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-result-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            case,
+            framework,
+            json.dumps(settings),
+            str(result),
+        ]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0 or not result.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+            return {"error": f"{case}/{framework} exited {proc.returncode}: " + "\n".join(tail)}
+        out = json.loads(result.read_text())
+        out["process_wall_s"] = wall
+        return out
+
+
+def run_case(
+    case: str, size: str, paths: dict, repeats: int, warmup_runs: int, timeout: float, log=print
+) -> list[dict]:
+    """Alternate the frameworks' processes; returns one result row per metric."""
+    settings = case_settings(case, size, paths)
+    frameworks = FRAMEWORKS[case]
+    runs: dict[str, list[dict]] = {f: [] for f in frameworks}
+    for i in range(warmup_runs + repeats):
+        order = frameworks if i % 2 == 0 else frameworks[::-1]
+        for fw in order:
+            res = spawn(case, fw, settings, timeout)
+            if "error" in res:
+                raise RuntimeError(res["error"])
+            tag = "warm-up" if i < warmup_runs else f"repeat {i - warmup_runs + 1}"
+            log(
+                f"  {case}/{size} {fw:14s} {tag}: "
+                + ", ".join(
+                    f"{k}={v:.4g}"
+                    for k, v in res.items()
+                    if isinstance(v, float)
+                    and k in dict.fromkeys([m for m, _, _ in METRICS[case]] + ["seconds", "train_seconds"])
+                )
+            )
+            if i >= warmup_runs:
+                runs[fw].append(res)
+    return summarise(case, size, settings, runs)
+
+
+def compare(a: list[float], b: list[float], kind: str) -> dict:
+    """Median of each side and the pairwise ratio (or difference) with its min and max over the pairs."""
+    pairs = [x / y if kind == "ratio" else x - y for x, y in zip(a, b) if kind == "delta" or y]
+    out = {"alignlab": statistics.median(a), "trl": statistics.median(b)}
+    if kind == "ratio":
+        out.update(ratio=statistics.median(pairs), ratio_min=min(pairs), ratio_max=max(pairs))
+    else:
+        out.update(ratio=None, delta=statistics.median(pairs), delta_min=min(pairs), delta_max=max(pairs))
+    return out
+
+
+def summarise(case: str, size: str, settings: dict, runs: dict[str, list[dict]]) -> list[dict]:
+    rows = []
+    trl = [f for f in runs if f.startswith("trl")][0]
+    for fw in [f for f in runs if f.startswith("alignlab")]:
+        name = CASE_NAMES[case] + ("" if fw == "alignlab" else f"_{fw.split('-', 1)[1]}")
+        for metric, higher, kind in METRICS[case]:
+            a = [r[metric] for r in runs[fw]]
+            b = [r[metric] for r in runs[trl]]
+            row = {
+                "case": f"{name}/{size}",
+                "metric": metric,
+                "higher_is_better": higher,
+                "trl_framework": trl,
+                "repeats": len(a),
+                **compare(a, b, kind),
+                "alignlab_runs": a,
+                "trl_runs": b,
+                "settings": settings,
+            }
+            if case == "rl" and metric == "gold_reward":
+                row["reward_before"] = statistics.median(r["reward_before"] for r in runs[fw])
+                row["alignlab_iterations"] = [r["iterations"] for r in runs[fw]]
+                row["trl_iterations"] = [r["iterations"] for r in runs[trl]]
+            if metric == "tokens_per_s":
+                row["tokens_per_pair"] = {
+                    "alignlab": runs[fw][0]["tokens_per_pair"],
+                    "trl": runs[trl][0]["tokens_per_pair"],
+                }
+            rows.append(row)
+    return rows
+
+
+# -- reporting -------------------------------------------------------------------------------------------------
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return {
+        "device": dev,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
+        **versions(),
+    }
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("transformers", "trl", "peft", "lightning")}
+
+
+def fmt(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def markdown(doc: dict) -> str:
+    lines = [
+        "# alignlab vs TRL: benchmark results",
+        "",
+        "Generated by `scripts/bench.py` (settings and method: docs/bench.md). Medians over repeats; "
+        "ratio = alignlab / TRL per A/B pair (median, [min, max]); for gold reward the difference "
+        "alignlab - TRL at equal wall time.",
+        "",
+    ]
+    for size, meta in sorted(doc.get("meta", {}).items()):
+        lines.append(
+            f"- `{size}`: {meta['command']} on {meta['machine']['device']}, "
+            f"{meta['machine']['threads']} thread(s), load average {meta['load_start']} -> "
+            f"{meta['load_end']}, {meta['minutes']:.1f} min; TRL {meta['machine']['trl']}, "
+            f"transformers {meta['machine']['transformers']}"
+        )
+    lines += [
+        "",
+        "| case | metric | alignlab | TRL | alignlab/TRL [min, max] or difference |",
+        "|---|---|---|---|---|",
+    ]
+    for r in doc["cases"]:
+        better = "higher" if r["higher_is_better"] else "lower"
+        if r["ratio"] is not None:
+            cmp = f"{r['ratio']:.2f}x [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]"
+        else:
+            cmp = f"{r['delta']:+.3f} [{r['delta_min']:+.3f}, {r['delta_max']:+.3f}]"
+        lines.append(
+            f"| {r['case']} | {r['metric']} ({better} is better) | {fmt(r['alignlab'])} | "
+            f"{fmt(r['trl'])} | {cmp} |"
+        )
+    if doc.get("scaling"):
+        from bench_scaling import scaling_markdown
+
+        lines += ["", *scaling_markdown(doc["scaling"])]
+    return "\n".join(lines) + "\n"
+
+
+def merge(path: Path, size: str, rows: list[dict] | None, meta: dict | None, scaling: dict | None) -> dict:
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc.setdefault("meta", {})
+    doc.setdefault("cases", [])
+    doc.setdefault("scaling", {})
+    if rows is not None:
+        new = {r["case"] for r in rows}
+        doc["cases"] = [r for r in doc["cases"] if r["case"] not in new] + rows
+        doc["meta"][size] = meta
+    if scaling is not None:
+        doc["scaling"][size] = scaling
+    return doc
+
+
+def write_outputs(out_dir: Path, doc: dict) -> None:
+    from alignlab.utils.io import write_json, write_text
+
+    write_json(out_dir / "results.json", doc)
+    write_text(out_dir / "results.md", markdown(doc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    p.add_argument("--cases", default="dpo,reward,rl", help="comma-separated subset of dpo,reward,rl")
+    p.add_argument("--repeats", type=int, default=3, help="measured A/B rounds per case")
+    p.add_argument("--warmup-runs", type=int, default=1, help="discarded A/B rounds before measuring")
+    p.add_argument("--out", default=str(REPO / "bench"), help="directory of results.json / results.md")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
+    p.add_argument("--scaling", action="store_true", help="run the scaling study instead of the A/B cases")
+    p.add_argument(
+        "--worker", nargs=4, metavar=("CASE", "FRAMEWORK", "SETTINGS", "RESULT"), help=argparse.SUPPRESS
+    )
+    args = p.parse_args(argv)
+    if args.worker:
+        from bench_workers import run_worker
+
+        case, fw, settings, result = args.worker
+        res = run_worker(case, fw, json.loads(settings))
+        Path(result).write_text(json.dumps(res))
+        return 0
+    out_dir = Path(args.out)
+    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.scaling:
+        from bench_scaling import run_scaling
+
+        scaling = run_scaling(args.size, log=print)
+        scaling.update(command=command, machine=machine())
+        doc = merge(out_dir / "results.json", args.size, None, None, scaling)
+        write_outputs(out_dir, doc)
+        print(markdown(doc))
+        return 0
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(FRAMEWORKS))
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; choose from {sorted(FRAMEWORKS)}")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    t0, load_start = time.time(), load_avg()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="alignlab-bench-") as work:
+        paths = write_data(Path(work), args.size)
+        for case in cases:
+            print(
+                f"[bench] {case} on {args.size}: {args.warmup_runs} warm-up + {args.repeats} A/B rounds",
+                flush=True,
+            )
+            rows += run_case(case, args.size, paths, args.repeats, args.warmup_runs, args.timeout)
+    meta = {
+        "command": command,
+        "machine": machine(),
+        "load_start": load_start,
+        "load_end": load_avg(),
+        "minutes": (time.time() - t0) / 60,
+        "repeats": args.repeats,
+        "warmup_runs": args.warmup_runs,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    doc = merge(out_dir / "results.json", args.size, rows, meta, None)
+    write_outputs(out_dir, doc)
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

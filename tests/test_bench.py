@@ -1,0 +1,95 @@
+"""The benchmark harness (scripts/bench.py): ratio arithmetic, results schema, one real tiny A/B round."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import bench  # noqa: E402
+
+
+def test_compare_ratio_is_per_pair_median_with_min_max():
+    out = bench.compare([10.0, 30.0, 8.0], [5.0, 10.0, 8.0], "ratio")
+    assert out["alignlab"] == 10.0 and out["trl"] == 8.0
+    # pairwise ratios 2, 3, 1 -> median 2, min 1, max 3 (not the ratio of the medians, 10/8)
+    assert (out["ratio"], out["ratio_min"], out["ratio_max"]) == (2.0, 1.0, 3.0)
+
+
+def test_compare_delta_for_rewards():
+    out = bench.compare([0.5, 0.1], [0.2, 0.3], "delta")
+    assert out["ratio"] is None
+    assert out["delta_min"] == pytest.approx(-0.2) and out["delta_max"] == pytest.approx(0.3)
+
+
+def test_summarise_merge_and_markdown(tmp_path):
+    runs = {
+        "alignlab": [
+            {"pairs_per_s": 4.0, "tokens_per_s": 400.0, "peak_rss_mb": 500.0, "tokens_per_pair": 100},
+            {"pairs_per_s": 6.0, "tokens_per_s": 600.0, "peak_rss_mb": 510.0, "tokens_per_pair": 100},
+        ],
+        "trl": [
+            {"pairs_per_s": 2.0, "tokens_per_s": 200.0, "peak_rss_mb": 600.0, "tokens_per_pair": 101},
+            {"pairs_per_s": 4.0, "tokens_per_s": 400.0, "peak_rss_mb": 600.0, "tokens_per_pair": 101},
+        ],
+    }
+    rows = bench.summarise("dpo", "tiny", {"batch_size": 8}, runs)
+    by_metric = {r["metric"]: r for r in rows}
+    assert set(by_metric) == {"pairs_per_s", "tokens_per_s", "peak_rss_mb"}
+    pairs = by_metric["pairs_per_s"]
+    assert pairs["case"] == "dpo_lora/tiny" and pairs["ratio"] == 1.75  # median of 2.0 and 1.5
+    assert (pairs["ratio_min"], pairs["ratio_max"]) == (1.5, 2.0)
+    assert by_metric["tokens_per_s"]["tokens_per_pair"] == {"alignlab": 100, "trl": 101}
+    meta = {
+        "command": "x",
+        "machine": {"device": "cpu", "threads": 1, "trl": "1.16.0", "transformers": "5"},
+        "load_start": [1.0],
+        "load_end": [2.0],
+        "minutes": 0.5,
+    }
+    path = tmp_path / "results.json"
+    other = {**rows[0], "case": "reward_model/tiny"}
+    doc = bench.merge(path, "tiny", [*rows, other], meta, None)
+    bench.write_outputs(tmp_path, doc)
+    again = bench.merge(path, "tiny", rows[:1], meta, None)  # a rerun replaces that case's rows only
+    assert [r["case"] for r in again["cases"]] == ["reward_model/tiny", "dpo_lora/tiny"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| dpo_lora/tiny | pairs_per_s (higher is better) | 5 | 3 | 1.75x [1.50, 2.00] |" in table
+
+
+def test_one_tiny_round_end_to_end(tmp_path, monkeypatch):
+    """Both frameworks' reward-model workers run as processes and fill the schema (no timing asserted)."""
+    monkeypatch.setitem(bench.SIZES, "tiny", {**bench.SIZES["tiny"], "steps": 2, "warmup_steps": 1})
+    assert (
+        bench.main(
+            [
+                "--size",
+                "tiny",
+                "--cases",
+                "reward",
+                "--repeats",
+                "1",
+                "--warmup-runs",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["metric"]: r for r in doc["cases"]}
+    assert set(rows) == {"pairs_per_s", "tokens_per_s", "peak_rss_mb"}
+    for r in rows.values():
+        assert {"case", "metric", "alignlab", "trl", "ratio", "ratio_min", "ratio_max", "settings"} <= set(r)
+        assert r["alignlab"] > 0 and r["trl"] > 0
+        assert r["ratio"] == pytest.approx(r["alignlab"] / r["trl"])
+    # both frameworks trained on the same token sequences
+    tpp = rows["tokens_per_s"]["tokens_per_pair"]
+    assert tpp["alignlab"] == pytest.approx(tpp["trl"])
+    assert doc["meta"]["tiny"]["load_start"] and doc["meta"]["tiny"]["load_end"]
+    assert "reward_model/tiny" in (tmp_path / "results.md").read_text()
