@@ -95,12 +95,46 @@ METRICS = {
 }
 CASE_NAMES = {"dpo": "dpo_lora", "reward": "reward_model", "rl": "online_rl"}
 
-POSITIVE = "wonderful moving lovely bright superb warm charming delightful clever great".split()
-NEGATIVE = "dull awful flat tedious cold bad clumsy boring weak messy".split()
-FILLER = (
-    "the film story cast plot with a and of its to in scenes music pacing ending acting camera "
-    "moments long little every feels made through"
-).split()
+POSITIVE = [
+    "wonderful",
+    "moving",
+    "lovely",
+    "bright",
+    "superb",
+    "warm",
+    "charming",
+    "delightful",
+    "clever",
+    "great",
+]
+NEGATIVE = ["dull", "awful", "flat", "tedious", "cold", "bad", "clumsy", "boring", "weak", "messy"]
+FILLER = [
+    "the",
+    "film",
+    "story",
+    "cast",
+    "plot",
+    "with",
+    "a",
+    "and",
+    "of",
+    "its",
+    "to",
+    "in",
+    "scenes",
+    "music",
+    "pacing",
+    "ending",
+    "acting",
+    "camera",
+    "moments",
+    "long",
+    "little",
+    "every",
+    "feels",
+    "made",
+    "through",
+]
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -224,7 +258,7 @@ def compare(a: list[float], b: list[float], kind: str) -> dict:
 
 def summarise(case: str, size: str, settings: dict, runs: dict[str, list[dict]]) -> list[dict]:
     rows = []
-    trl = [f for f in runs if f.startswith("trl")][0]
+    trl = next(f for f in runs if f.startswith("trl"))
     for fw in [f for f in runs if f.startswith("alignlab")]:
         name = CASE_NAMES[case] + ("" if fw == "alignlab" else f"_{fw.split('-', 1)[1]}")
         for metric, higher, kind in METRICS[case]:

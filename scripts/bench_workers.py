@@ -244,7 +244,8 @@ def throughput(clock: StepClock, s: dict, tokens_per_pair: float) -> dict:
 # -- DPO -------------------------------------------------------------------------------------------------
 def dpo_alignlab(s: dict, out: str) -> dict:
     clock = StepClock(s["warmup_steps"])
-    ov = common_overrides(s, out) + [
+    ov = [
+        *common_overrides(s, out),
         "algo=dpo",
         "data=preference",
         f"data.train_path={s['data']}",
@@ -301,7 +302,8 @@ def dpo_trl(s: dict, out: str) -> dict:
 # -- reward model ----------------------------------------------------------------------------------------
 def reward_alignlab(s: dict, out: str) -> dict:
     clock = StepClock(s["warmup_steps"])
-    ov = common_overrides(s, out) + [
+    ov = [
+        *common_overrides(s, out),
         "algo=reward",
         "data=preference",
         f"data.train_path={s['data']}",
@@ -431,7 +433,8 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
 
     reward = "gold" if s["reward"] == "gold" else "char_fraction"
     clock = StepClock(0, s["budget_s"])
-    ov = common_overrides(s, out) + [
+    ov = [
+        *common_overrides(s, out),
         f"algo={algo}",
         f"reward@algo.reward={reward}",
         "data=prompts_toy",

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import bench  # noqa: E402
+import bench
 
 
 def test_compare_ratio_is_per_pair_median_with_min_max():
