@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow test-all lint format clean
+.PHONY: install test test-slow test-all lint format clean compare compare-full bench
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
@@ -37,6 +37,15 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests scripts
 	$(BIN)/ruff check --fix src tests scripts
+
+# The main job: RLHF vs DPO vs RLAIF vs direct RLAIF on the bundled model, then the report.
+compare: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m alignlab.pipeline --multirun experiment=compare_quick
+	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
+
+compare-full: $(STAMP)
+	$(BIN)/python -m alignlab.pipeline --multirun experiment=compare_sentiment profile=full
+	$(BIN)/python -m alignlab.compare outputs/pipeline --out outputs/compare/report-full
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
