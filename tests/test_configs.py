@@ -68,3 +68,12 @@ def test_unknown_key_is_rejected(tmp_path):
 
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         compose(["experiment=sft_tiny", "trainer.no_such_key=1"])
+
+
+def test_manual_optimisation_rejects_trainer_clipping(tmp_path):
+    from alignlab.train import train
+    from alignlab.utils.config import ConfigError
+
+    cfg = compose(["experiment=ppo_tiny", "trainer.gradient_clip_val=1.0", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"trainer.gradient_clip_val=null"):
+        train(cfg)

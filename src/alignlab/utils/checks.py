@@ -17,6 +17,12 @@ def check_train_config(cfg: DictConfig) -> None:
             "trainer.strategy=ddp under hydra --multirun makes rank 1 re-run the whole sweep; "
             "use trainer=ddp_spawn, or one launcher job per run (hydra/launcher=submitit_slurm)"
         )
+    target = str(cfg.get("algo", {}).get("_target_", ""))
+    if target.rsplit(".", 1)[0].endswith((".ppo", ".rloo")) and tr.get("gradient_clip_val") is not None:
+        raise ConfigError(
+            f"algo={target.rsplit('.', 1)[-1]} optimises manually and clips with algo.max_grad_norm; "
+            "set trainer.gradient_clip_val=null (the online-RL experiments do)"
+        )
     precision = str(tr.get("precision", "32"))
     if "16" in precision and tr.get("accelerator") == "cpu" and precision.startswith("16"):
         raise ConfigError(
