@@ -157,10 +157,9 @@ def label_pairs(
     n = len(pairs.prompts)
     # 1. pairs that cannot be labelled are counted, never dropped silently
     identical = [i for i in range(n) if pairs.firsts[i] == pairs.seconds[i]]
+    same = set(identical)
     empty = [
-        i
-        for i in range(n)
-        if i not in set(identical) and not (pairs.firsts[i].strip() and pairs.seconds[i].strip())
+        i for i in range(n) if i not in same and not (pairs.firsts[i].strip() and pairs.seconds[i].strip())
     ]
     skip = set(identical) | set(empty)
     idx = [i for i in range(n) if i not in skip]
