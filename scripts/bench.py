@@ -345,8 +345,12 @@ def markdown(doc: dict) -> str:
             cmp = f"{r['ratio']:.2f}x [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]"
         else:
             cmp = f"{r['delta']:+.3f} [{r['delta_min']:+.3f}, {r['delta_max']:+.3f}]"
+        metric = r["metric"]
+        if metric == "gold_reward":  # the reward the policy was trained and evaluated on
+            before = f", {r['reward_before']:.3f} before training" if "reward_before" in r else ""
+            metric = f"final reward [{r['settings']['reward']}{before}]"
         lines.append(
-            f"| {r['case']} | {r['metric']} ({better} is better) | {fmt(r['alignlab'])} | "
+            f"| {r['case']} | {metric} ({better} is better) | {fmt(r['alignlab'])} | "
             f"{fmt(r['trl'])} | {cmp} |"
         )
     if doc.get("scaling"):
