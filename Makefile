@@ -47,5 +47,12 @@ compare-full: $(STAMP)
 	$(BIN)/python -m alignlab.pipeline --multirun experiment=compare_sentiment profile=full
 	$(BIN)/python -m alignlab.compare outputs/pipeline --out outputs/compare/report-full
 
+# Throughput against TRL (the bench extra); writes bench/results.json and bench/results.md.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python scripts/bench.py --size tiny --repeats 2 --warmup-runs 0
+	$(BIN)/python scripts/bench.py --size tiny --scaling
+	$(BIN)/python scripts/bench.py --size smollm2 --cases dpo,reward --repeats 1 --warmup-runs 0
+
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
