@@ -114,15 +114,22 @@ class EpochCalls(L.Callback):
         self.calls.append(pl_module.ref_forward_calls)
 
 
+def lora_tiny(seed: int = 0, model_seed: int = 0):
+    torch.manual_seed(seed)
+    model = ModelSpec(source="tiny", dtype="float32", tiny={"seed": model_seed}).load().model
+    return apply_peft(model, LoraSpec(r=4, alpha=8))
+
+
 def test_ref_cache_means_no_reference_forward_after_precompute(tiny_lm, tmp_path):
     cache = tmp_path / "ref"
-    policy = apply_peft(tiny_lm.model, LoraSpec(r=4, alpha=8))
+    policy = lora_tiny()
     dm = datamodule(tiny_lm.tokenizer)
     n_batches = len(dm.train_dataloader()) + len(dm.val_dataloader())
     module = DPOModule(
         policy, tiny_lm.tokenizer, optimizer=adamw(1e-3), precompute_ref_logps=True, ref_cache_dir=str(cache)
     )
     rec = EpochCalls()
+    torch.manual_seed(1)
     trainer(max_epochs=2, callbacks=[rec], tmp_path=tmp_path).fit(module, datamodule=dm)
     # one pass over train + val before training, then nothing: epoch 2 adds zero reference forwards
     assert rec.calls == [n_batches, n_batches]
@@ -131,26 +138,27 @@ def test_ref_cache_means_no_reference_forward_after_precompute(tiny_lm, tmp_path
     batch = next(iter(dm.val_dataloader()))
     ref_now = module.reference_logps(batch)[0]
     table = module._ref_tables["val"]
-    torch.testing.assert_close(
-        torch.cat([table["ref_chosen_logps"][batch["index"]], table["ref_rejected_logps"][batch["index"]]]),
-        ref_now,
-        rtol=1e-5,
-        atol=1e-4,
+    looked_up = torch.cat(
+        [table["ref_chosen_logps"][batch["index"]], table["ref_rejected_logps"][batch["index"]]]
     )
-    # a rerun on the same data, model and tokenisation reads the cache: zero reference forwards at all
-    fresh = apply_peft(ModelSpec(source="tiny", dtype="float32").load().model, LoraSpec(r=4, alpha=8))
+    torch.testing.assert_close(looked_up, ref_now, rtol=1e-5, atol=1e-4)
+    # a rerun on the same data, model and tokenisation reads the cache: zero reference forwards at all,
+    # and it trains exactly like the run that computed the table
     rerun = DPOModule(
-        fresh, tiny_lm.tokenizer, optimizer=adamw(1e-3), precompute_ref_logps=True, ref_cache_dir=str(cache)
-    )
-    trainer(max_epochs=1, tmp_path=tmp_path).fit(rerun, datamodule=datamodule(tiny_lm.tokenizer))
-    assert rerun.ref_forward_calls == 0
-    # a different model (other seed) gets its own table
-    other = ModelSpec(source="tiny", dtype="float32", tiny={"seed": 1}).load().model
-    third = DPOModule(
-        apply_peft(other, LoraSpec(r=4, alpha=8)),
+        lora_tiny(),
         tiny_lm.tokenizer,
+        optimizer=adamw(1e-3),
         precompute_ref_logps=True,
         ref_cache_dir=str(cache),
+    )
+    torch.manual_seed(1)
+    trainer(max_epochs=2, tmp_path=tmp_path).fit(rerun, datamodule=datamodule(tiny_lm.tokenizer))
+    assert rerun.ref_forward_calls == 0
+    for (n, a), (_, b) in zip(module.policy.named_parameters(), rerun.policy.named_parameters()):
+        torch.testing.assert_close(a, b, msg=f"rerun differs at {n}")
+    # a different model (other weights) gets its own table
+    third = DPOModule(
+        lora_tiny(model_seed=1), tiny_lm.tokenizer, precompute_ref_logps=True, ref_cache_dir=str(cache)
     )
     trainer(max_steps=1, tmp_path=tmp_path).fit(third, datamodule=datamodule(tiny_lm.tokenizer))
     assert third.ref_forward_calls == n_batches

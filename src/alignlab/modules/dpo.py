@@ -159,7 +159,14 @@ class DPOModule(PolicyModule):
                 f"reference log-probs of the first run; none found for the {split} set in {where}"
             )
         bs = getattr(dm.hparams, "eval_batch_size", None) or getattr(dm.hparams, "batch_size", 8)
-        loader = DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=dm.collator())
+        # a private generator: the pass must not move the global RNG (reruns that hit the cache stay identical)
+        loader = DataLoader(
+            ds,
+            batch_size=bs,
+            shuffle=False,
+            collate_fn=dm.collator(),
+            generator=torch.Generator().manual_seed(0),
+        )
         size = max(int(x["index"]) for x in items) + 1
         was_training = self.policy.training
         self.policy.eval()
