@@ -101,8 +101,9 @@ def _label(cfg: DictConfig) -> dict:
         "cohen_kappa",
         "position_bias_rate",
         "calls",
+        "queries",
         "cache_hits",
-        "judge_calls",
+        "gold_kappa",
     )
     return {k: rep.get(k) for k in keep if k in rep}
 
@@ -219,9 +220,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
     base = json.loads((base_dir / "metrics.json").read_text())
     ev = json.loads((eval_dir / "metrics.json").read_text())
+    # judge queries (one per judgement: each order of a pair, or each text in pointwise mode), answered by
+    # the model or the cache, when the stage ran; plus a direct-RLAIF reward's queries during training
     judge_calls = sum(
-        int((s["info"] or {}).get("calls") or 0) for s in runner.stages if s["stage"] == "labels"
+        int((s["info"] or {}).get("queries") or 0) for s in runner.stages if s["stage"] == "labels"
     )
+    judge_calls += sum(int((s["info"] or {}).get("reward/judge_queries") or 0) for s in runner.stages)
     curves = [
         {
             "stage": s["stage"],
