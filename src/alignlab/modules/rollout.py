@@ -281,6 +281,9 @@ class OnlineRLModule(PolicyModule):
         self.log("objective/rlhf_reward", (r.scores - self.kl_ctl.value * seq_kl).mean(), batch_size=bs)
         self.log("completion/length", r.lengths.mean(), batch_size=bs)
         self.log("completion/stopped_frac", r.stopped.float().mean(), batch_size=bs)
+        queries = getattr(self.reward_fn.reward, "queries", None)  # a judge reward counts its judgements
+        if queries is not None:
+            self.log("reward/judge_queries", float(queries), reduce_fx="max", batch_size=bs)
 
     def entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_mean(entropy_from_logits(logits.detach()), mask)
