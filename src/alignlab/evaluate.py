@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignlab.utils.hydra import CONF_DIR
 from alignlab.utils.runtime import configure_runtime, get_logger
@@ -127,16 +127,21 @@ def evaluate_policy(
     n_bootstrap: int = 1000,
     hooks: Sequence[MetricHook] = (),
     return_samples: bool = False,
+    journal_path: str | Path | None = None,
+    fingerprint: str = "",
 ):
     """Sample one completion per prompt, score it and measure the KL to the reference. Returns the metrics
     dict (and the ``EvalSamples`` with ``return_samples``).
 
     ``reference``: ``"auto"`` (adapter disabled for a LoRA model, else no KL), ``"adapter"``, a model, the
     policy itself (KL = 0 exactly, no extra forward) or None (no KL).
+    ``journal_path``: finished batches are journaled there (``alignlab.tasks.pairs.BatchJournal``) and
+    not sampled again by a rerun with the same ``fingerprint`` (policy identity), so a killed run resumes.
     """
     from alignlab.data.tokenize import Formatter
     from alignlab.models.generation import sample
     from alignlab.models.peft import is_peft
+    from alignlab.tasks.pairs import BatchJournal, work_fingerprint
 
     if not prompts:
         raise ValueError("evaluate_policy needs at least one prompt")
@@ -155,21 +160,35 @@ def evaluate_policy(
     texts, lengths, stopped, kls = [], [], [], []
     was_training = model.training
     model.eval()
-    start = time.perf_counter()
-    # 1. sample and measure the KL, batch by batch
+    ref_kind = "none" if reference is None else "self" if reference is model else str(type(reference))
+    work = work_fingerprint(fingerprint, prompt_ids, vars(sampling), batch_size, seed, ref_kind)
+    journal = BatchJournal(journal_path, work)
+    elapsed = 0.0
+    # 1. sample and measure the KL, batch by batch (each batch seeded on its own: journaled batches are
+    #    exactly what a rerun would sample)
     for b in range(0, len(prompts), batch_size):
         ids = prompt_ids[b : b + batch_size]
-        gen = sample(model, tokenizer, ids, sampling, generator_seed=seed + b)
-        texts += gen.texts
-        lengths += gen.completion_mask.sum(-1).tolist()
-        stopped += gen.stopped.tolist()
-        if reference is model:
-            kls += [0.0] * len(ids)
-        elif reference is not None:
-            kls += completion_kl(
-                model, reference, ids, gen.completion_ids, gen.completion_mask, tokenizer.pad_token_id
-            ).tolist()
-    elapsed = time.perf_counter() - start
+        if b not in journal.done:
+            start = time.perf_counter()
+            gen = sample(model, tokenizer, ids, sampling, generator_seed=seed + b)
+            kl = None
+            if reference is model:
+                kl = [0.0] * len(ids)
+            elif reference is not None:
+                kl = completion_kl(
+                    model, reference, ids, gen.completion_ids, gen.completion_mask, tokenizer.pad_token_id
+                ).tolist()
+            n_tokens = gen.completion_mask.sum(-1).tolist()
+            seconds = time.perf_counter() - start
+            journal.record(
+                b, texts=gen.texts, lengths=n_tokens, stopped=gen.stopped.tolist(), kl=kl, seconds=seconds
+            )
+        done = journal.done[b]
+        texts += done["texts"]
+        lengths += done["lengths"]
+        stopped += done["stopped"]
+        kls += done["kl"] or []
+        elapsed += float(done["seconds"])
     model.train(was_training)
     # 2. score with the gold reward and the second scorer
     gold = np.asarray(task.gold_scores(list(prompts), texts), dtype=np.float64)
@@ -251,6 +270,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from alignlab.models.generation import SamplingConfig
+    from alignlab.tasks.pairs import dir_stamp, work_fingerprint
     from alignlab.utils.io import write_json, write_jsonl
 
     out = Path(cfg.paths.output_dir)
@@ -266,6 +286,12 @@ def evaluate(cfg: DictConfig) -> dict:
         reference.to(device).eval()
     sampling = instantiate(cfg.sampling) if "_target_" in cfg.sampling else SamplingConfig(**cfg.sampling)
     fmt = cfg.prompt_format
+    # a killed evaluation resumes at its first unfinished batch (the journal is dropped once metrics exist)
+    journal = out / ".evaluate.journal.jsonl"
+    policy_path = cfg.get("policy_path")
+    work = work_fingerprint(
+        OmegaConf.to_container(cfg.model, resolve=True), policy_path, dir_stamp(policy_path), device
+    )
     metrics, samples = evaluate_policy(
         model,
         tokenizer,
@@ -280,6 +306,8 @@ def evaluate(cfg: DictConfig) -> dict:
         max_prompt_length=fmt.max_prompt_length,
         n_bootstrap=cfg.n_bootstrap,
         return_samples=True,
+        journal_path=journal,
+        fingerprint=work,
     )
     record = {
         "policy": name,
@@ -293,6 +321,7 @@ def evaluate(cfg: DictConfig) -> dict:
     write_json(out / "metrics.json", record)
     if cfg.get("write_samples", True):
         write_jsonl(out / "samples.jsonl", samples.rows())
+    journal.unlink(missing_ok=True)
     print(summary(record))
     print(f"metrics written to {out / 'metrics.json'}")
     return record

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignlab.utils.hydra import CONF_DIR
 from alignlab.utils.runtime import configure_runtime, get_logger
@@ -71,7 +71,7 @@ def label(cfg: DictConfig) -> dict:
     from alignlab.data.tokenize import Formatter
     from alignlab.judges.base import bind_task
     from alignlab.judges.report import format_report, report_path
-    from alignlab.tasks.pairs import PairSet, label_pairs, sample_pairs
+    from alignlab.tasks.pairs import PairSet, dir_stamp, label_pairs, sample_pairs, work_fingerprint
     from alignlab.utils.config import save_resolved_config
     from alignlab.utils.io import write_json, write_rows
 
@@ -82,7 +82,9 @@ def label(cfg: DictConfig) -> dict:
     judge = instantiate(cfg.judge)
     bind_task(judge, task)
 
-    # 1. pairs: sampled from the policy, or read from an earlier run's samples
+    # 1. pairs: sampled from the policy, or read from an earlier run's samples. Finished sampling batches
+    #    are journaled beside the output, so a killed run resumes there (and its judge calls are cached)
+    journal = out.parent / f".{out.stem}.sampling.journal.jsonl"
     if cfg.get("pairs_path"):
         pairs = PairSet.load(str(cfg.pairs_path))
         log.info("labelling %d pairs from %s", len(pairs.prompts), cfg.pairs_path)
@@ -100,9 +102,13 @@ def label(cfg: DictConfig) -> dict:
             int(pf.max_prompt_length),
             int(pf.max_prompt_length) + sampling.max_new_tokens + 1,
         )
+        policy = cfg.get("policy_path")
+        plain = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "prompt_format")]
+        work = work_fingerprint(*plain, policy, dir_stamp(policy), cfg.get("device"), cfg.split)
         pairs = sample_pairs(
-            model, tok, prompts, sampling, fmt, int(cfg.batch_size), int(cfg.seed), cfg.progress
-        )
+            model, tok, prompts, sampling, fmt, int(cfg.batch_size), int(cfg.seed), cfg.progress,
+            journal_path=journal, fingerprint=work,
+        )  # fmt: skip
         del model  # free the policy before an LLM judge loads its own model
         if cfg.get("samples_path"):
             pairs.save(str(cfg.samples_path))
@@ -127,6 +133,7 @@ def label(cfg: DictConfig) -> dict:
             f"empty {report['empty_skipped']}, ties {report['ties']}, invalid {report['invalid']}"
         )
     write_rows(out, rows)
+    journal.unlink(missing_ok=True)  # the work is saved: the next run samples afresh
 
     # 4. what happened, in a few lines
     print(format_report(report), flush=True)

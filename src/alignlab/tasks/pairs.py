@@ -17,6 +17,9 @@ against the gold ordering), ``tie``, ``label_source`` (judge identity), ``gold_c
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +28,57 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.judges.base import check_judgements, check_pairs
-from alignlab.utils.io import write_rows
+from alignlab.utils.io import write_rows, write_text
+
+
+def work_fingerprint(*parts) -> str:
+    """A short hash of what a sampling loop computes (JSON-serialisable parts; files by size and mtime)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dir_stamp(path: str | Path | None) -> list:
+    """(name, size, mtime) of the files in a policy directory: a retrained policy is other work."""
+    if not path or not Path(path).expanduser().is_dir():
+        return []
+    files = sorted(f for f in Path(path).expanduser().rglob("*") if f.is_file())
+    return [(str(f.name), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+class BatchJournal:
+    """The finished batches of a sampling loop, one JSON line each (flushed and fsynced as it ends), so a
+    run killed at any moment resumes at its first unfinished batch with identical results (each batch
+    is seeded on its own). The first line holds the work's fingerprint: a journal of other work is
+    discarded, and a line torn by the kill is dropped. ``path=None``: no journal, nothing is kept."""
+
+    def __init__(self, path: str | Path | None, fingerprint: str):
+        self.path = None if path is None else Path(path)
+        self.done: dict[int, dict] = {}
+        if self.path is None:
+            return
+        records = []
+        if self.path.exists():
+            for line in self.path.read_text(errors="replace").splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # the line being written when the process died
+        if records and records[0].get("fingerprint") == fingerprint:
+            self.done = {int(r["batch"]): r for r in records[1:]}
+        lines = [{"fingerprint": fingerprint}, *self.done.values()]
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))  # without the torn tail
+
+    def record(self, batch: int, **data) -> None:
+        self.done[batch] = {"batch": batch, **data}
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(self.done[batch]) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        """Drop the journal once the work it protects is saved."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -86,6 +139,8 @@ def sample_pairs(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
+    journal_path: str | Path | None = None,
+    fingerprint: str = "",
 ) -> PairSet:
     """Sample two completions for each prompt.
 
@@ -98,6 +153,9 @@ def sample_pairs(
         batch_size: prompts per generation call (each contributes two sequences).
         seed: sampling seed; results are reproducible for a given (seed, batch_size).
         progress: show a tqdm progress bar.
+        journal_path: a ``BatchJournal`` file: finished batches found there (same ``fingerprint``) are not
+            sampled again, so a killed run resumes; the caller removes it once the pairs are saved.
+        fingerprint: what identifies the work (policy, prompts, sampling, seed), see ``work_fingerprint``.
     """
     from tqdm.auto import tqdm
 
@@ -115,18 +173,26 @@ def sample_pairs(
     )
     firsts: list[str] = []
     seconds: list[str] = []
-    t0 = time.perf_counter()
+    journal = BatchJournal(
+        journal_path, work_fingerprint(fingerprint, prompts, batch_size, seed, vars(sampling))
+    )
+    elapsed = 0.0  # sampling seconds, including those of the batches a killed run finished
     bar = tqdm(total=2 * len(prompts), desc="sampling pairs", unit="completion", disable=not progress)
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[start : start + batch_size]
-        ids = [fmt.prompt_ids(p) for p in chunk for _ in range(2)]  # (2B,) prompt, prompt, next, next, ...
-        gen = sample(model, tokenizer, ids, sampling, generator_seed=seed * 1_000_003 + b)
-        firsts += gen.texts[0::2]
-        seconds += gen.texts[1::2]
-        bar.update(len(ids))
-        bar.set_postfix(per_s=f"{len(firsts) * 2 / (time.perf_counter() - t0):.2f}")
+        if b not in journal.done:
+            t0 = time.perf_counter()
+            ids = [fmt.prompt_ids(p) for p in chunk for _ in range(2)]  # (2B,) prompt, prompt, next, ...
+            gen = sample(model, tokenizer, ids, sampling, generator_seed=seed * 1_000_003 + b)
+            journal.record(b, texts=gen.texts, seconds=time.perf_counter() - t0)
+        texts = journal.done[b]["texts"]
+        elapsed += float(journal.done[b]["seconds"])
+        firsts += texts[0::2]
+        seconds += texts[1::2]
+        bar.update(len(texts))
+        bar.set_postfix(per_s=f"{len(firsts) * 2 / max(elapsed, 1e-9):.2f}")
     bar.close()
-    return PairSet(prompts, firsts, seconds, time.perf_counter() - t0)
+    return PairSet(prompts, firsts, seconds, elapsed)
 
 
 def _scores(fn, prompts: list[str], texts: list[str]) -> list[float | None]:
