@@ -29,6 +29,9 @@ import numpy as np
 
 from alignlab.judges.base import check_judgements, check_pairs
 from alignlab.utils.io import write_rows, write_text
+from alignlab.utils.runtime import get_logger
+
+log = get_logger(__name__)
 
 
 def work_fingerprint(*parts) -> str:
@@ -64,6 +67,7 @@ class BatchJournal:
                     break  # the line being written when the process died
         if records and records[0].get("fingerprint") == fingerprint:
             self.done = {int(r["batch"]): r for r in records[1:]}
+            log.info("resuming: %d finished batch(es) read from %s", len(self.done), self.path)
         lines = [{"fingerprint": fingerprint}, *self.done.values()]
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))  # without the torn tail
 
