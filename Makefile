@@ -24,7 +24,13 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q --timeout=600
 
-test-slow: $(STAMP)
+# The real OpenAI-compatible server for the RLAIF server test: llama.cpp's, built from source (minutes).
+LLAMA_STAMP := $(VENV)/.llama-server
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet "llama-cpp-python[server]==0.3.36"
+	@touch $(LLAMA_STAMP)
+
+test-slow: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q --timeout=1800
 
 test-all: $(STAMP)
