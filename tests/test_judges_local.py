@@ -193,3 +193,19 @@ def test_judge_configs_instantiate(name, tmp_path):
     assert judge.cache.path == tmp_path / "judge_cache.sqlite"
     if name == "smollm2_135m_pointwise":
         assert judge.mode == "pointwise" and judge.template.question.startswith("Is this movie review")
+
+
+def test_judge_rewards_count_their_queries(tmp_path):
+    from alignlab.judges.base import PairwiseJudge
+    from alignlab.rewards.judge import JudgePairwiseReward
+
+    class Always(PairwiseJudge):
+        def judge_pairs(self, prompts, firsts, seconds):
+            return [{"p_first": 0.7, "verdict": "first"} for _ in prompts]
+
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text('{"prompt": "p", "completion": "ref"}\n')
+    reward = JudgePairwiseReward(Always(), references=str(refs))
+    reward(["p", "p"], ["a", "b"])
+    reward(["p"], ["c"])
+    assert reward.queries == 3

@@ -71,6 +71,8 @@ class JudgeScoreReward(RewardFunction):
         self.cache = JudgeCache(cache_path)
         self.batch_size = batch_size
         self.name = "judge_score"
+        self.queries = 0
+        """Completions scored so far (cache hits included): the judge cost reported by the pipeline."""
 
     def _score_token_ids(self):
         tok = self.judge.lm().tokenizer
@@ -113,6 +115,7 @@ class JudgeScoreReward(RewardFunction):
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        self.queries += len(prompts)
         n = self.judge.max_text_chars
         prompts, completions = [p[:n] for p in prompts], [c[:n] for c in completions]
         jid, th = self.judge.identity(), text_hash(self.judge.template.hash(), "score", n)
@@ -183,6 +186,7 @@ class JudgePairwiseReward(RewardFunction):
         self.centered = centered
         self.use_chat_template = use_chat_template
         self.invalid = 0
+        self.queries = 0  # comparisons asked so far (cache hits included)
         self._ref_lm = None
         self.name = "judge_pairwise"
 
@@ -209,6 +213,7 @@ class JudgePairwiseReward(RewardFunction):
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        self.queries += len(prompts)
         results = self.judge.judge_pairs(list(prompts), list(completions), self.references(prompts))
         p = []
         for r in results:
