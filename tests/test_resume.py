@@ -250,10 +250,15 @@ def test_evaluate_resumes_after_sigkill(tmp_path):
 @pytest.mark.slow
 def test_pipeline_resumes_the_stage_it_was_killed_in(tmp_path):
     art = tmp_path / "artifacts"
-    dpo = (
-        "profile.dpo_overrides=[trainer.max_steps=20,data.batch_size=4,trainer.val_check_interval=10,"
-        "data.max_length=32,data.max_prompt_length=16,callbacks.checkpoint.every_n_train_steps=5]"
-    )
+    steps = [
+        "trainer.max_steps=20",
+        "data.batch_size=4",
+        "trainer.val_check_interval=10",
+        "data.max_length=32",
+        "data.max_prompt_length=16",
+        "callbacks.checkpoint.every_n_train_steps=5",
+    ]
+    dpo = "profile.dpo_overrides=[" + ",".join(f"'{x}'" for x in steps) + "]"
     args = ["alignlab.pipeline", "profile=tiny", "method=dpo", "wandb.enabled=false", dpo]
     log = tmp_path / "killed.log"
     proc = start([*args, f"artifacts_dir={art}", f"hydra.run.dir={tmp_path}/run"], tmp_path, log)
