@@ -45,8 +45,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests scripts
 
 # The main job: RLHF vs DPO vs RLAIF vs direct RLAIF on the bundled model, then the report.
+# one thread: two-thread training steps stall under any other load on a 2-core machine
+COMPARE_THREADS ?= 1
 compare: $(STAMP)
-	OMP_NUM_THREADS=2 $(BIN)/python -m alignlab.pipeline --multirun experiment=compare_quick
+	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun experiment=compare_quick
 	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
 
 compare-full: $(STAMP)

@@ -171,13 +171,7 @@ def _train_resume(name: str, tmp_path: Path) -> None:
         assert abs(resumed[metric] - straight[metric]) <= tol, (metric, resumed[metric], straight[metric])
 
 
-KNOWN_BUG = pytest.mark.xfail(
-    strict=True, reason="modules/dpo.py fingerprints the reference after the checkpoint restore (see TRAIN)"
-)
-PARAMS = [
-    n if n in FAST else pytest.param(n, marks=[pytest.mark.slow] + ([KNOWN_BUG] if "full_pre" in n else []))
-    for n in TRAIN
-]
+PARAMS = [n if n in FAST else pytest.param(n, marks=[pytest.mark.slow]) for n in TRAIN]
 
 
 @pytest.mark.parametrize("name", PARAMS)

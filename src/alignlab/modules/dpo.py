@@ -131,6 +131,12 @@ class DPOModule(PolicyModule):
         c, r = lookup(table, batch["index"].to(table["ref_chosen_logps"].device), split)
         return torch.cat([c, r]).to(self.device)  # (2B,)
 
+    def setup(self, stage: str) -> None:
+        # Fingerprint the reference weights now: ``setup`` runs before Lightning restores a checkpoint, so
+        # a resumed full fine-tune still finds the table computed from the untouched policy.
+        if self.precompute_ref_logps and self.needs_ref and not hasattr(self, "_ref_model_id"):
+            self._ref_model_id = model_fingerprint(self.policy)
+
     def on_fit_start(self) -> None:
         if not (self.precompute_ref_logps and self.needs_ref):
             return
@@ -139,7 +145,7 @@ class DPOModule(PolicyModule):
             raise ConfigError("algo.precompute_ref_logps=true needs a datamodule with train_set / val_set")
         tok_settings = {k: dm.hparams.get(k) for k in _TOKENISATION_KEYS if k in dm.hparams}
         tok_settings["tokenizer"] = getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__)
-        model_id = model_fingerprint(self.policy)
+        model_id = getattr(self, "_ref_model_id", None) or model_fingerprint(self.policy)
         for split, ds in (("train", dm.train_set), ("val", dm.val_set)):
             if ds is None or len(ds) == 0:
                 continue
