@@ -88,7 +88,10 @@ def test_tiny_multirun_report_and_cached_rerun(tmp_path):
     assert first.count("samples      done") == 1 and first.count("labels       done") == 1
     assert first.count("eval_base    done") == 1 and first.count("result:") == 4
     second = _run([*args, f"hydra.sweep.dir={tmp_path}/sweep2"], tmp_path)
-    assert "done in" not in second and second.count("cached") == 4 * 5 + 2  # rlhf has one more stage
+    # dpo: samples, labels, dpo, eval_base, eval, win_rate; rlhf adds the reward model
+    assert "done in" not in second and second.count("cached") == 2 * 6 + 2 * 7
     out = _run(["alignlab.compare", str(tmp_path / "sweep2"), "--out", str(tmp_path / "report")], tmp_path)
     assert "| dpo | 2 |" in out and "| rlhf | 2 |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| dpo"))
+    assert row.split("|")[6].strip() != "n/a"  # the judge's win rate against the base policy
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 10_000

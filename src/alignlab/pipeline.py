@@ -121,6 +121,47 @@ def _evaluate(cfg: DictConfig) -> dict:
     return evaluate(cfg)
 
 
+def judge_win_rate(judge, prompts: list[str], policy: list[str], reference: list[str], seed: int = 0) -> dict:
+    """The judge's win rate of the policy's completions against the reference policy's, on the same
+    prompts: mean P(policy ≻ reference) over the pairs the judge could decide (a pairwise judge asks both
+    orders), with a bootstrap 95% CI; invalid answers are counted, never scored."""
+    import numpy as np
+
+    from alignlab.evaluate import bootstrap_ci
+
+    results = judge.judge_pairs(prompts, policy, reference)
+    p = np.asarray([r["p_first"] for r in results if r.get("p_first") is not None], dtype=float)
+    out = {"win_rate_pairs": len(results), "win_rate_invalid": len(results) - int(p.size)}
+    if p.size:
+        lo, hi = bootstrap_ci(p, seed=seed)
+        out.update({"win_rate": float(p.mean()), "win_rate_ci_low": lo, "win_rate_ci_high": hi})
+    return out
+
+
+def _win_rate(cfg: DictConfig, policy_dir: Path, base_dir: Path) -> dict:
+    """Stage: the labeller of ``cfg`` (a composed label config) judges policy vs base completions."""
+    import json
+
+    from hydra.utils import instantiate
+
+    from alignlab.judges.base import bind_task
+    from alignlab.utils.io import write_json
+
+    def rows(d: Path) -> list[dict]:
+        return [json.loads(line) for line in (d / "samples.jsonl").read_text().splitlines() if line.strip()]
+
+    pol, ref = rows(policy_dir), rows(base_dir)
+    if [r["prompt"] for r in pol] != [r["prompt"] for r in ref]:
+        raise ValueError(f"{policy_dir} and {base_dir} were evaluated on different prompts")
+    judge = instantiate(cfg.judge)
+    bind_task(judge, instantiate(cfg.task))
+    out = judge_win_rate(
+        judge, [r["prompt"] for r in pol], [r["completion"] for r in pol], [r["completion"] for r in ref]
+    )
+    write_json(Path(cfg.paths.output_dir) / "win_rate.json", out)
+    return out
+
+
 def run_pipeline(cfg: DictConfig) -> dict:
     """Run the stages of ``cfg.method`` for ``cfg.seed``; returns the record written to ``result.json``."""
     configure_runtime()
@@ -220,12 +261,22 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
     base = json.loads((base_dir / "metrics.json").read_text())
     ev = json.loads((eval_dir / "metrics.json").read_text())
+    # 6. the judge's win rate against the reference policy (optional: it costs judge calls)
+    if prof.eval.get("win_rate_judge"):
+        wr = runner.run(
+            "win_rate",
+            "label",
+            [*common, f"judge={prof.eval.win_rate_judge}", f"+win_rate_inputs=[{eval_dir},{base_dir}]"],
+            lambda c: _win_rate(c, eval_dir, base_dir),
+        )
+        ev.update(json.loads((wr / "win_rate.json").read_text()))
     # judge queries (one per judgement: each order of a pair, or each text in pointwise mode), answered by
     # the model or the cache, when the stage ran; plus a direct-RLAIF reward's queries during training
     judge_calls = sum(
         int((s["info"] or {}).get("queries") or 0) for s in runner.stages if s["stage"] == "labels"
     )
     judge_calls += sum(int((s["info"] or {}).get("reward/judge_queries") or 0) for s in runner.stages)
+    judge_calls += sum(int((s["info"] or {}).get("win_rate_pairs") or 0) for s in runner.stages)
     curves = [
         {
             "stage": s["stage"],
