@@ -13,10 +13,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Installs torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine.
+# Installs torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine. The bench
+# extra (TRL, a benchmark peer only) is installed for development so the harness test runs.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	@touch $(STAMP)
 
 install: $(STAMP)
