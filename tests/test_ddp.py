@@ -101,11 +101,6 @@ def _val_curve(run: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured: val/loss after 2 steps 0.258 (1 process x 8) vs 0.345 (2 processes x 4), converging "
-    "later (0.060 vs 0.075 at step 8); cause not found yet (not gradient clipping: same with it off)",
-)
 def test_dpo_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """Global batch 8: one process x 8 rows, or two processes x 4 rows. Without shuffling, Lightning's
     DistributedSampler deals rows round-robin, so each step's two half-batches are exactly the one

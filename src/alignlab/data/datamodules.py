@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from alignlab.data.collate import PreferenceCollator, PromptCollator, SFTCollator
 from alignlab.data.rows import load_rows
@@ -125,10 +126,16 @@ class RowsDataModule(L.LightningDataModule):
         return SFTCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Our own DistributedSampler, so that data.shuffle is honoured under DDP (Lightning's
+            # replacement sampler always shuffles the training set); Lightning keeps it and sets its epoch.
+            sampler = DistributedSampler(self.train_set, shuffle=self.hparams.shuffle, seed=self.hparams.seed)
         return DataLoader(
             self.train_set,
             batch_size=self.hparams.batch_size,
-            shuffle=self.hparams.shuffle,
+            shuffle=self.hparams.shuffle if sampler is None else False,
+            sampler=sampler,
             collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
