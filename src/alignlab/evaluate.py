@@ -233,21 +233,15 @@ def load_policy(cfg: DictConfig):
     """The policy and its reference for ``cfg``: (model, tokenizer, reference, description)."""
     from hydra.utils import instantiate
 
-    lm = instantiate(cfg.model).load()
-    path = cfg.get("policy_path")
-    if not path:
-        return lm.model, lm.tokenizer, lm.model, "base"
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"policy_path={path!r} does not exist; give a run's policy/ directory")
-    if (p / "adapter_config.json").exists():  # LoRA policy: base from cfg.model + adapter; ref = adapter off
-        from peft import PeftModel
+    from alignlab.models.loader import load_policy as load
 
-        return PeftModel.from_pretrained(lm.model, str(p)), lm.tokenizer, "adapter", str(p)
-    from alignlab.models import ModelSpec
-
-    full = ModelSpec(source="hf", name_or_path=str(p), dtype=cfg.model.get("dtype", "auto")).load()
-    return full.model, full.tokenizer, lm.model, str(p)  # full fine-tune: reference = base model
+    spec = instantiate(cfg.model)
+    model, tokenizer, kind = load(spec, cfg.get("policy_path"))
+    if kind == "base":
+        return model, tokenizer, model, "base"
+    if kind == "adapter":  # LoRA policy: reference = the same model with the adapter disabled
+        return model, tokenizer, "adapter", str(cfg.policy_path)
+    return model, tokenizer, spec.load().model, str(cfg.policy_path)  # full fine-tune: reference = base
 
 
 def build_task(task_cfg):

@@ -38,29 +38,14 @@ def load_policy(cfg: DictConfig):
     import torch
     from hydra.utils import instantiate
 
-    from alignlab.models import ModelSpec
+    from alignlab.models.loader import load_policy as load
 
-    spec = instantiate(cfg.model)
-    path = cfg.get("policy_path")
-    adapter = False
-    if path:
-        p = Path(str(path)).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"policy_path={path!r} does not exist; give a run's policy/ directory")
-        adapter = (p / "adapter_config.json").exists()
-        if not adapter:
-            spec = ModelSpec(source="hf", name_or_path=str(p), dtype=spec.dtype)
-    lm = spec.load()
-    model = lm.model
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(path))
+    model, tokenizer, _ = load(instantiate(cfg.model), cfg.get("policy_path"))
     device = cfg.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    return model, lm.tokenizer
+    return model, tokenizer
 
 
 def label(cfg: DictConfig) -> dict:
