@@ -77,3 +77,25 @@ def test_manual_optimisation_rejects_trainer_clipping(tmp_path):
     cfg = compose(["experiment=ppo_tiny", "trainer.gradient_clip_val=1.0", f"paths.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"trainer.gradient_clip_val=null"):
         train(cfg)
+
+
+def test_readme_column_mapping_override_composes(tmp_path):
+    """The README's `data.columns={prompt: instruction, completion: output}` must compose (struct config)."""
+    cfg = compose(
+        [
+            "data=sft",
+            "data.train_path=x.jsonl",
+            "data.columns={prompt: instruction, completion: output}",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    assert dict(cfg.data.columns) == {"prompt": "instruction", "completion": "output"}
+    cfg = compose(
+        [
+            "data=preference",
+            "data.train_path=x.jsonl",
+            "data.columns.chosen=a",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    assert cfg.data.columns.chosen == "a" and cfg.data.columns.rejected is None

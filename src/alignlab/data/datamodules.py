@@ -74,7 +74,7 @@ class RowsDataModule(L.LightningDataModule):
         """
         super().__init__()
         # plain containers only: checkpoints must load with torch.load(weights_only=True)
-        columns = {str(k): str(v) for k, v in dict(columns or {}).items()}
+        columns = {str(k): str(v) for k, v in dict(columns or {}).items() if v is not None}
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.train_set: ListDataset | None = None

@@ -191,13 +191,13 @@ def validate_row(row: Any, kind: str, where: str, columns: dict[str, str] | None
     columns = columns or {}
     out = dict(row)
     for canon in required + optional:
-        src = columns.get(canon, canon)
+        src = columns.get(canon) or canon
         if src != canon and src in row:
             out[canon] = row[src]
     if kind == "preference" and "prompt" not in out and "chosen" in out and "rejected" in out:
         out = _split_conversation(out, where)
     for canon in required:
-        src = columns.get(canon, canon)
+        src = columns.get(canon) or canon
         if canon not in out:
             have = ", ".join(sorted(map(str, row)))[:200]
             raise DataError(
@@ -226,7 +226,7 @@ def validate_row(row: Any, kind: str, where: str, columns: dict[str, str] | None
                 "identical pair",
             )
         p = out.get("p_chosen")
-        src = columns.get("p_chosen", "p_chosen")
+        src = columns.get("p_chosen") or "p_chosen"
         if p is None or (isinstance(p, float) and math.isnan(p)):
             out["p_chosen"] = 1.0
         elif isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
