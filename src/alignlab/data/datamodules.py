@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -25,6 +27,81 @@ class ListDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
+
+
+class ResumableSampler(DistributedSampler):
+    """The training order: a permutation seeded by ``seed + epoch`` (or the file order), sharded over the
+    ranks like ``DistributedSampler`` (one rank when not distributed), which can start mid-epoch.
+
+    A run restored from a checkpoint taken inside an epoch calls ``skip_batches(k)``: its next pass
+    starts at batch ``k`` of the same order, so the resumed run sees exactly the batches the
+    uninterrupted run would have seen. Being a ``DistributedSampler``, Lightning keeps it under DDP and
+    calls ``set_epoch`` on it.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        kwargs = {} if distributed else {"num_replicas": 1, "rank": 0}
+        super().__init__(dataset, shuffle=shuffle, seed=seed, **kwargs)
+        self.batch_size = batch_size
+        self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def skip_batches(self, epoch: int, n_batches: int) -> None:
+        """Start the pass over ``epoch`` after ``n_batches`` batches of this rank's share of it."""
+        self._skip = (epoch, max(0, n_batches) * self.batch_size) if n_batches else None
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._skip is not None and self._skip[0] == self.epoch:
+            indices = indices[self._skip[1] :]
+            self._skip = None
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` whose position Lightning checkpoints (it implements ``state_dict`` /
+    ``load_state_dict``, so Lightning treats it as resumable).
+
+    The position restored is the number of batches the fit loop finished in the interrupted epoch (read
+    from the restored loop, not counted here: Lightning fetches batches ahead of the step that trains on
+    them, so a count of batches handed out would overshoot). The state saved identifies the order (epoch,
+    seed, size); a data set of another size cannot resume mid-epoch and says so.
+    """
+
+    def state_dict(self) -> dict:
+        s = self.sampler
+        return {
+            "epoch": int(s.epoch),
+            "seed": int(s.seed),
+            "size": len(s.dataset),
+            "shuffle": bool(s.shuffle),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        s = self.sampler
+        if state.get("size") != len(s.dataset) or state.get("seed") != s.seed:
+            log.warning(
+                "the training data changed since the checkpoint (%s rows, seed %s; now %d rows, seed %d): "
+                "the interrupted epoch restarts from its first batch",
+                state.get("size"),
+                state.get("seed"),
+                len(s.dataset),
+                s.seed,
+            )
+            s._skip = None
+
+
+def batches_done_in_epoch(trainer) -> int:
+    """Batches of the current epoch the fit loop finished before the checkpoint it restarts from (0 for a
+    fresh run). Read while the restored loop is set up, before Lightning resets its progress counters."""
+    loop = getattr(trainer, "fit_loop", None) if trainer is not None else None
+    if loop is None or not loop.restarting:
+        return 0
+    return int(loop.epoch_loop.batch_progress.current.processed)
 
 
 class RowsDataModule(L.LightningDataModule):
@@ -126,18 +203,24 @@ class RowsDataModule(L.LightningDataModule):
         return SFTCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Our own DistributedSampler, so that data.shuffle is honoured under DDP (Lightning's
-            # replacement sampler always shuffles the training set); Lightning keeps it and sets its epoch.
-            sampler = DistributedSampler(self.train_set, shuffle=self.hparams.shuffle, seed=self.hparams.seed)
-        return DataLoader(
+        # Our own sampler (a DistributedSampler, so Lightning keeps it under DDP and data.shuffle is
+        # honoured; Lightning's replacement always shuffles), which resumes mid-epoch at the batch where
+        # the checkpointed run stopped.
+        h = self.hparams
+        sampler = ResumableSampler(self.train_set, h.batch_size, shuffle=h.shuffle, seed=h.seed)
+        skip = batches_done_in_epoch(self.trainer)
+        if 0 < skip < sampler.num_batches:
+            sampler.set_epoch(self.trainer.current_epoch)
+            sampler.skip_batches(self.trainer.current_epoch, skip)
+            log.info(
+                "resuming epoch %d at batch %d of %d", self.trainer.current_epoch, skip, sampler.num_batches
+            )
+        return ResumableLoader(
             self.train_set,
-            batch_size=self.hparams.batch_size,
-            shuffle=self.hparams.shuffle if sampler is None else False,
+            batch_size=h.batch_size,
             sampler=sampler,
             collate_fn=self.collator(),
-            num_workers=self.hparams.num_workers,
+            num_workers=h.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader:
