@@ -1,0 +1,137 @@
+"""token_logprobs runs the LM head only on loss positions; it must equal the full-logits computation
+(values and LoRA gradients) on GPT-2 and Llama, with left and right padding, policy and reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from alignlab.models import LoraSpec, apply_peft
+from alignlab.models.logprobs import gather_logprobs, split_head, token_logprobs
+from alignlab.models.peft import reference_mode
+from alignlab.modules.ref_cache import concatenated_logps
+
+VOCAB = 97
+
+
+def tiny_model(arch: str):
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        cfg = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(cfg)
+    return model.eval()
+
+
+def padded_batch(side: str, seed: int = 0):
+    """(B, T) ids, attention mask and a loss mask on each row's completion (the last real tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [(3, 5), (6, 2), (2, 9), (4, 4)]  # (prompt, completion) per row
+    width = max(p + c for p, c in lengths) + 1
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    loss = torch.zeros_like(ids)
+    for i, (p, c) in enumerate(lengths):
+        start = 0 if side == "right" else width - p - c
+        ids[i, start : start + p + c] = torch.randint(1, VOCAB, (p + c,), generator=g)
+        attn[i, start : start + p + c] = 1
+        loss[i, start + p : start + p + c] = 1
+    return ids, attn, loss
+
+
+def reference(model, ids, attn, loss):
+    """The full-logits computation: log_softmax over every position, then mask."""
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return logp * loss[:, 1:]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_head_on_loss_positions_equals_full_logits(arch, side):
+    model = tiny_model(arch)
+    ids, attn, loss = padded_batch(side)
+    assert split_head(model) is not None  # the fast path is taken
+    with torch.no_grad():
+        fast, mask = token_logprobs(model, ids, attn, loss)
+        want = reference(model, ids, attn, loss)
+    assert fast.shape == want.shape == mask.shape == (ids.shape[0], ids.shape[1] - 1)
+    torch.testing.assert_close(fast, want, rtol=0, atol=1e-5)
+    assert torch.equal(mask, loss[:, 1:].float())
+    assert fast[mask == 0].abs().max() == 0
+    assert fast[mask == 1].max() < 0  # real log-probs, not left-over zeros
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_lora_policy_grads_and_reference_match_full_logits(arch, side):
+    policy = apply_peft(tiny_model(arch), LoraSpec(r=4, alpha=8))
+    torch.manual_seed(1)
+    for n, p in policy.named_parameters():  # move the adapter away from zero so it matters
+        if "lora_B" in n:
+            p.data.normal_(0, 0.2)
+    ids, attn, loss = padded_batch(side, seed=3)
+    assert split_head(policy) is not None
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    fast, _ = token_logprobs(policy, ids, attn, loss)
+    g_fast = torch.autograd.grad(fast.sum(), params)
+    want = reference(policy, ids, attn, loss)
+    g_want = torch.autograd.grad(want.sum(), params)
+    torch.testing.assert_close(fast, want, rtol=0, atol=1e-5)
+    for a, b in zip(g_fast, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    # the reference (adapter disabled) goes through the same function and differs from the policy
+    with reference_mode(policy) as ref:
+        ref_fast, _ = token_logprobs(ref, ids, attn, loss)
+        ref_want = reference(ref, ids, attn, loss)
+    torch.testing.assert_close(ref_fast, ref_want, rtol=0, atol=1e-5)
+    assert not torch.allclose(ref_fast, fast.detach(), atol=1e-3)
+    assert not ref_fast.requires_grad
+
+
+def test_concatenated_logps_and_temperature_use_the_fast_path():
+    model = tiny_model("llama")
+    ids, attn, loss = padded_batch("right")
+    batch = {
+        "chosen_input_ids": ids[:2],
+        "chosen_attention_mask": attn[:2],
+        "chosen_loss_mask": loss[:2],
+        "rejected_input_ids": ids[2:],
+        "rejected_attention_mask": attn[2:],
+        "rejected_loss_mask": loss[2:],
+    }
+    with torch.no_grad():
+        logps, ntok = concatenated_logps(model, batch)  # the DPO policy / reference / cache path
+        want = reference(model, ids, attn, loss)
+        hot, _ = token_logprobs(model, ids, attn, loss, temperature=0.7)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1] / 0.7
+    torch.testing.assert_close(logps, want.sum(-1), rtol=0, atol=1e-5)
+    assert ntok.tolist() == loss[:, 1:].sum(-1).float().tolist()
+    torch.testing.assert_close(hot, gather_logprobs(logits, ids[:, 1:]) * loss[:, 1:], rtol=0, atol=1e-5)
+
+
+def test_models_with_a_logit_transform_take_the_full_path():
+    model = tiny_model("llama")
+    model.config.final_logit_softcapping = 30.0  # as Gemma 2: logits are not head(hidden) alone
+    assert split_head(model) is None
+    ids, attn, loss = padded_batch("right")
+    with torch.no_grad():
+        logps, _ = token_logprobs(model, ids, attn, loss)
+    torch.testing.assert_close(logps, reference(model, ids, attn, loss), rtol=0, atol=1e-5)
+    # return_logits needs every position: the full path, logits of shape (B, T-1, V)
+    out = token_logprobs(tiny_model("gpt2"), ids, attn, loss, return_logits=True)
+    assert out[2].shape == (*ids[:, 1:].shape, VOCAB)
