@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from alignlab.models import LoraSpec, apply_peft
-from alignlab.models.logprobs import gather_logprobs, split_head, token_logprobs
+from alignlab.models.logprobs import gather_logprobs, shared_prompt_logps, split_head, token_logprobs
 from alignlab.models.peft import reference_mode
 from alignlab.modules.ref_cache import concatenated_logps
 
@@ -135,3 +135,73 @@ def test_models_with_a_logit_transform_take_the_full_path():
     # return_logits needs every position: the full path, logits of shape (B, T-1, V)
     out = token_logprobs(tiny_model("gpt2"), ids, attn, loss, return_logits=True)
     assert out[2].shape == (*ids[:, 1:].shape, VOCAB)
+
+
+def pair_batch(side: str = "right", seed: int = 0) -> dict:
+    """Preference pairs as PreferenceCollator lays them out: one prompt, two completions, one width."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [(3, 5, 2), (6, 2, 7), (1, 9, 4), (4, 4, 0)]  # (prompt, chosen, rejected)
+    width = max(p + max(c, r) for p, c, r in lengths) + 1
+    batch = {}
+    prompts = [torch.randint(1, VOCAB, (p,), generator=g) for p, _, _ in lengths]
+    for k, name in enumerate(("chosen", "rejected")):
+        ids = torch.zeros(len(lengths), width, dtype=torch.long)
+        attn, loss = torch.zeros_like(ids), torch.zeros_like(ids)
+        for i, lens in enumerate(lengths):
+            p, n = lens[0], lens[1 + k]
+            start = 0 if side == "right" else width - p - n
+            ids[i, start : start + p] = prompts[i]
+            ids[i, start + p : start + p + n] = torch.randint(1, VOCAB, (n,), generator=g)
+            attn[i, start : start + p + n] = 1
+            loss[i, start + p : start + p + n] = 1
+        batch |= {f"{name}_input_ids": ids, f"{name}_attention_mask": attn, f"{name}_loss_mask": loss}
+    return batch
+
+
+def concatenated(model, batch):
+    """The full-logits concatenated (2B, T) forward: summed completion log-probs (2B,)."""
+    ids, attn, loss = (torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]]) for k in KEYS)
+    return reference(model, ids, attn, loss).sum(-1)
+
+
+KEYS = ("input_ids", "attention_mask", "loss_mask")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_equals_concatenated_forward(arch, attn):
+    policy = apply_peft(tiny_model(arch), LoraSpec(r=4, alpha=8))
+    policy.get_base_model().config._attn_implementation = attn
+    torch.manual_seed(2)
+    for n, p in policy.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.2)
+    batch = pair_batch()
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    out = shared_prompt_logps(policy, batch)
+    assert out is not None  # the shared layout applies to collator batches
+    logps, ntok = out
+    want = concatenated(policy, batch)
+    torch.testing.assert_close(logps, want, rtol=0, atol=1e-5)
+    assert ntok.tolist() == [5, 2, 9, 4, 2, 7, 4, 0]
+    g_fast = torch.autograd.grad(logps.sum(), params)
+    g_want = torch.autograd.grad(want.sum(), params)
+    for a, b in zip(g_fast, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with reference_mode(policy) as ref:  # adapter disabled: same function, different numbers
+        ref_logps, _ = shared_prompt_logps(ref, batch)
+        torch.testing.assert_close(ref_logps, concatenated(ref, batch), rtol=0, atol=1e-5)
+    assert not torch.allclose(ref_logps, logps.detach(), atol=1e-3)
+
+
+def test_shared_prompt_declines_layouts_it_cannot_share():
+    model = tiny_model("llama")
+    assert shared_prompt_logps(model, pair_batch(side="left")) is None  # not the collator's layout
+    other = pair_batch()
+    other["rejected_input_ids"][0, 0] += 1  # prompts differ between chosen and rejected
+    assert shared_prompt_logps(model, other) is None
+    empty = pair_batch()
+    for name in ("chosen", "rejected"):  # a completion at position 0: no token predicts it
+        empty[f"{name}_loss_mask"][2, 0] = 1
+    assert shared_prompt_logps(model, empty) is None

@@ -8,6 +8,8 @@ log-softmax over the vocabulary is the largest activation, so skipping those row
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -103,3 +105,124 @@ def sequence_logps(
     if average:
         return total / mask.sum(-1).clamp(min=1)
     return total
+
+
+def attention_kind(model) -> str | None:
+    """The model's attention implementation (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "_attn_implementation", None) or getattr(cfg, "attn_implementation", None)
+
+
+@dataclass
+class SharedPromptLayout:
+    """Preference pairs as one row each, ``prompt | chosen | rejected | padding``: (B, W) tensors."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor  # 0 prompt, 1 chosen, 2 rejected, -1 padding
+    prompt_lens: list[int]
+    chosen_lens: list[int]
+    rejected_lens: list[int]
+
+    def attention_mask(self, kind: str) -> torch.Tensor:
+        """(B, 1, W, W): query q sees key k iff k <= q and k is prompt or in q's own completion; padding
+        sees itself. Boolean for sdpa, additive float for eager attention."""
+        width = self.segments.shape[1]
+        q_seg, k_seg = self.segments[:, :, None], self.segments[:, None, :]  # (B, W, 1), (B, 1, W)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.segments.device).tril()
+        allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
+        allowed |= torch.eye(width, dtype=torch.bool, device=allowed.device)
+        allowed = allowed[:, None]  # (B, 1, W, W)
+        if kind == "sdpa":
+            return allowed
+        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+        return mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+    def last_positions(self) -> torch.Tensor:
+        """(2B,) column of each sequence's last real token, chosen rows then rejected rows."""
+        chosen = [p + c - 1 for p, c in zip(self.prompt_lens, self.chosen_lens)]
+        rejected = [
+            p + c + r - 1 if r else p - 1
+            for p, c, r in zip(self.prompt_lens, self.chosen_lens, self.rejected_lens)
+        ]
+        return torch.tensor(chosen + rejected, dtype=torch.long, device=self.input_ids.device)
+
+
+def shared_prompt_layout(batch: dict) -> SharedPromptLayout | None:
+    """Lay a PreferenceCollator batch out as one row per pair, or None where it does not apply: an
+    empty prompt, or rows that are not ``prompt + completion`` right-padded with the same prompt."""
+    c_ids, r_ids = batch["chosen_input_ids"], batch["rejected_input_ids"]
+    c_att, r_att = batch["chosen_attention_mask"], batch["rejected_attention_mask"]
+    c_loss, r_loss = batch["chosen_loss_mask"], batch["rejected_loss_mask"]
+    n_c, n_r = c_loss.sum(-1).tolist(), r_loss.sum(-1).tolist()
+    plen = (c_att.sum(-1) - c_loss.sum(-1)).tolist()
+    if (r_att.sum(-1) - r_loss.sum(-1)).tolist() != plen or min(plen) < 1:
+        return None
+    for i, p in enumerate(plen):  # prompt shared, then one contiguous completion in each row
+        c, r = n_c[i], n_r[i]
+        if not torch.equal(c_ids[i, :p], r_ids[i, :p]):
+            return None
+        if int(c_att[i, : p + c].sum()) != p + c or int(c_loss[i, p : p + c].sum()) != c:
+            return None
+        if int(r_att[i, : p + r].sum()) != p + r or int(r_loss[i, p : p + r].sum()) != r:
+            return None
+    b, width = len(plen), max(p + c + r for p, c, r in zip(plen, n_c, n_r))
+    ids = torch.zeros(b, width, dtype=torch.long, device=c_ids.device)
+    pos = torch.zeros(b, width, dtype=torch.long)
+    seg = torch.full((b, width), -1, dtype=torch.long)
+    for i, (p, c, r) in enumerate(zip(plen, n_c, n_r)):
+        ids[i, : p + c] = c_ids[i, : p + c]
+        ids[i, p + c : p + c + r] = r_ids[i, p : p + r]
+        pos[i, : p + c] = torch.arange(p + c)
+        pos[i, p + c : p + c + r] = torch.arange(p, p + r)  # the rejected completion follows the prompt
+        seg[i, :p], seg[i, p : p + c], seg[i, p + c : p + c + r] = 0, 1, 2
+    return SharedPromptLayout(ids, pos.to(ids.device), seg.to(ids.device), plen, n_c, n_r)
+
+
+def shared_prompt_hidden(body, layout: SharedPromptLayout, kind: str) -> torch.Tensor:
+    """(B, W, H) final hidden states of the pair rows: one transformer pass, each prompt once."""
+    out = body(
+        input_ids=layout.input_ids,
+        attention_mask=layout.attention_mask(kind),
+        position_ids=layout.position_ids,
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def shared_prompt_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Chosen and rejected log-probs with the prompt run once per pair: (2B,) sums and (2B,) counts,
+    rows [:B] chosen and [B:] rejected, equal to the concatenated (2B, T) forward.
+
+    Each pair becomes one row ``prompt | chosen | rejected`` with a custom 4D mask (the rejected tokens
+    see the prompt and themselves, never the chosen ones) and position ids that restart the rejected
+    completion right after the prompt; the head runs on completion positions only. Returns None where
+    this does not apply (no separate head, attention other than sdpa/eager, or a batch layout
+    ``shared_prompt_layout`` declines), so the caller takes the concatenated path.
+    """
+    parts, kind = split_head(model), attention_kind(model)
+    layout = shared_prompt_layout(batch) if parts is not None and kind in ("sdpa", "eager") else None
+    if layout is None:
+        return None
+    body, head = parts
+    b = len(layout.prompt_lens)
+    rows, src, lab, seq = [], [], [], []  # (row, column) of the head input, label column, output sequence
+    for i, (p, c, r) in enumerate(zip(layout.prompt_lens, layout.chosen_lens, layout.rejected_lens)):
+        # token t of a completion is predicted at the previous token; the first at the last prompt token
+        rows += [i] * (c + r)
+        src += [p - 1, *range(p, p + c - 1)][:c] + [p - 1, *range(p + c, p + c + r - 1)][:r]
+        lab += [*range(p, p + c + r)]
+        seq += [i] * c + [b + i] * r
+    device = layout.input_ids.device
+    rows_t, src_t, lab_t, seq_t = (
+        torch.tensor(x, dtype=torch.long, device=device) for x in (rows, src, lab, seq)
+    )
+    # 1. one transformer pass over the B pair rows
+    hidden = shared_prompt_hidden(body, layout, kind)  # (B, W, H)
+    # 2. the head on completion positions only: (N, H) -> (N, V)
+    logits = head(hidden[rows_t, src_t])
+    picked = gather_logprobs(logits, layout.input_ids[rows_t, lab_t])  # (N,)
+    # 3. per-sequence sums, chosen rows then rejected rows
+    logps = torch.zeros(2 * b, dtype=picked.dtype, device=device).index_add(0, seq_t, picked)
+    ntok = torch.tensor(layout.chosen_lens + layout.rejected_lens, dtype=torch.float32, device=device)
+    return logps, ntok

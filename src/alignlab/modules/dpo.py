@@ -1,7 +1,9 @@
 """Direct preference optimisation and its family (cDPO, robust DPO, IPO, hinge/SLiC, soft labels, SimPO).
 
 One training step:
-  1. policy log-probs of chosen and rejected in ONE forward over the concatenated (2B, T) batch;
+  1. policy log-probs of chosen and rejected in ONE forward: by default each pair is one row
+     ``prompt | chosen | rejected`` (the prompt runs once, ``share_prompt``), else the concatenated
+     (2B, T) batch; the vocabulary head runs on completion positions only;
   2. reference log-probs: from the precomputed table (``precompute_ref_logps``), else one forward of the
      same model with the adapter disabled (LoRA) or of a frozen copy (full fine-tuning);
   3. optional length normalisation (mean instead of sum of token log-probs; always on for SimPO);
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alignlab.losses.preference import LOSS_TYPES, preference_loss
+from alignlab.models.logprobs import shared_prompt_logps
 from alignlab.models.peft import is_peft, reference_mode
 from alignlab.modules.base import PolicyModule
 from alignlab.modules.ref_cache import (
@@ -51,6 +54,7 @@ class DPOModule(PolicyModule):
         length_normalize: bool | None = None,
         precompute_ref_logps: bool = False,
         ref_cache_dir: str | None = None,
+        share_prompt: bool = True,
     ):
         """
         Args:
@@ -65,6 +69,8 @@ class DPOModule(PolicyModule):
             length_normalize: average instead of sum token log-probs; None = only for simpo.
             precompute_ref_logps: compute reference log-probs once before training and cache them on disk.
             ref_cache_dir: where the reference tables go; None keeps them in memory only.
+            share_prompt: run each pair's prompt once (one row per pair, custom attention mask); off =
+                the concatenated (2B, T) forward. Same log-probs either way.
         """
         super().__init__(policy, tokenizer, optimizer, scheduler)
         if loss_type not in LOSS_TYPES:
@@ -98,6 +104,7 @@ class DPOModule(PolicyModule):
         self.needs_ref = needs_ref
         self.precompute_ref_logps = precompute_ref_logps
         self.ref_cache = RefLogpsCache(ref_cache_dir) if ref_cache_dir else None
+        self.share_prompt = share_prompt
         self.ref_forward_calls = 0
         """How many reference forward passes ran (tests assert it stays 0 once the table exists)."""
         self._ref_tables: dict[str, dict[str, torch.Tensor]] = {}
@@ -108,6 +115,13 @@ class DPOModule(PolicyModule):
         if needs_ref and not is_peft(policy) and not precompute_ref_logps:
             self.ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
 
+    # -- log-probs ------------------------------------------------------------------------------
+    def pair_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs (2B,) and token counts (2B,), chosen rows then rejected: the one
+        function behind the policy, the reference and the precomputed reference table."""
+        out = shared_prompt_logps(model, batch) if self.share_prompt else None
+        return out if out is not None else concatenated_logps(model, batch)
+
     # -- reference ------------------------------------------------------------------------------
     def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed reference log-probs (2B,) and token counts (2B,), one forward (counted)."""
@@ -115,9 +129,9 @@ class DPOModule(PolicyModule):
         if self.ref_model is not None:
             self.ref_model.eval()
             with torch.no_grad():
-                return concatenated_logps(self.ref_model, batch)
+                return self.pair_logps(self.ref_model, batch)
         with reference_mode(self.policy):
-            return concatenated_logps(self.policy, batch)
+            return self.pair_logps(self.policy, batch)
 
     def _ref_for_batch(self, batch: dict, split: str) -> torch.Tensor:
         table = self._ref_tables.get(split)
@@ -189,8 +203,8 @@ class DPOModule(PolicyModule):
     # -- loss -----------------------------------------------------------------------------------
     def _step(self, batch: dict, split: str) -> torch.Tensor:
         n = batch["chosen_input_ids"].shape[0]
-        # 1. policy: chosen and rejected in one forward over (2B, T)
-        logps, ntok = concatenated_logps(self.policy, batch)  # (2B,), (2B,)
+        # 1. policy: chosen and rejected in one forward (prompt shared, or the concatenated (2B, T))
+        logps, ntok = self.pair_logps(self.policy, batch)  # (2B,), (2B,)
         # 2. reference: precomputed table, adapter-disabled policy, or frozen copy
         ref_logps = self._ref_for_batch(batch, split) if self.needs_ref else None
         # 3. length normalisation: mean token log-prob
