@@ -31,7 +31,13 @@ $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet "llama-cpp-python[server]==0.3.36"
 	@touch $(LLAMA_STAMP)
 
-test-slow: $(STAMP) $(LLAMA_STAMP)
+# The Ray launcher plugin (the ray extra) for the launcher tests: a local Ray runs a tiny sweep.
+RAY_STAMP := $(VENV)/.ray
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench,ray]"
+	@touch $(RAY_STAMP)
+
+test-slow: $(STAMP) $(LLAMA_STAMP) $(RAY_STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q --timeout=1800
 
 test-all: $(STAMP)
