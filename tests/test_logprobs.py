@@ -8,7 +8,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from alignlab.models import LoraSpec, apply_peft
-from alignlab.models.logprobs import gather_logprobs, shared_prompt_logps, split_head, token_logprobs
+from alignlab.models.logprobs import (
+    gather_logprobs,
+    shared_prompt_layout,
+    shared_prompt_logps,
+    split_head,
+    token_logprobs,
+)
 from alignlab.models.peft import reference_mode
 from alignlab.modules.ref_cache import concatenated_logps
 
@@ -205,3 +211,24 @@ def test_shared_prompt_declines_layouts_it_cannot_share():
     for name in ("chosen", "rejected"):  # a completion at position 0: no token predicts it
         empty[f"{name}_loss_mask"][2, 0] = 1
     assert shared_prompt_logps(model, empty) is None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_reward_scores_with_shared_prompt_equal_separate_rows(arch):
+    from alignlab.modules.reward import RewardModule
+
+    policy = apply_peft(tiny_model(arch), LoraSpec(r=4, alpha=8))
+    module = RewardModule(policy, tokenizer=None)
+    batch = pair_batch()
+    assert shared_prompt_layout(batch) is not None
+    chosen, rejected = module._pair_scores(batch)  # shared layout
+    plain = {k: v for k, v in batch.items() if "loss_mask" not in k}  # no layout: (2B, T) rows
+    assert shared_prompt_layout(plain) is None
+    want_c, want_r = module._pair_scores(plain)
+    torch.testing.assert_close(chosen, want_c, rtol=0, atol=1e-5)
+    torch.testing.assert_close(rejected, want_r, rtol=0, atol=1e-5)
+    params = [p for p in module.parameters() if p.requires_grad]
+    g_fast = torch.autograd.grad((chosen - 2 * rejected).sum(), params)
+    g_want = torch.autograd.grad((want_c - 2 * want_r).sum(), params)
+    for a, b in zip(g_fast, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -151,6 +151,8 @@ class SharedPromptLayout:
 def shared_prompt_layout(batch: dict) -> SharedPromptLayout | None:
     """Lay a PreferenceCollator batch out as one row per pair, or None where it does not apply: an
     empty prompt, or rows that are not ``prompt + completion`` right-padded with the same prompt."""
+    if "chosen_loss_mask" not in batch or "rejected_loss_mask" not in batch:
+        return None
     c_ids, r_ids = batch["chosen_input_ids"], batch["rejected_input_ids"]
     c_att, r_att = batch["chosen_attention_mask"], batch["rejected_attention_mask"]
     c_loss, r_loss = batch["chosen_loss_mask"], batch["rejected_loss_mask"]

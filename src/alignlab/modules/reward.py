@@ -15,6 +15,7 @@ from torch import nn
 
 from alignlab.losses.reward import bradley_terry_loss, calibration_bins, preference_accuracy
 from alignlab.losses.rl import last_index
+from alignlab.models.logprobs import attention_kind, shared_prompt_hidden, shared_prompt_layout
 from alignlab.models.peft import is_peft
 from alignlab.modules.base import PolicyModule
 from alignlab.utils.io import atomic_open, write_json
@@ -126,10 +127,18 @@ class RewardModule(PolicyModule):
         return sequence_scores(self.policy, self.head, input_ids, attention_mask)
 
     def _pair_scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        n = batch["chosen_input_ids"].shape[0]
+        kind = attention_kind(self.policy)
+        layout = shared_prompt_layout(batch) if kind in ("sdpa", "eager") else None
+        if layout is not None:
+            # one row per pair, the prompt run once: prompt | chosen | rejected (same scores)
+            hidden = shared_prompt_hidden(backbone(self.policy), layout, kind)  # (B, W, H)
+            rows = torch.arange(n, device=hidden.device).repeat(2)  # (2B,)
+            scores = self.head(hidden[rows, layout.last_positions()])  # (2B,)
+            return scores[:n], scores[n:]
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])  # (2B, T)
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
         scores = self.score(ids, mask)
-        n = batch["chosen_input_ids"].shape[0]
         return scores[:n], scores[n:]
 
     def _loss(self, batch: dict):
