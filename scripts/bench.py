@@ -327,12 +327,17 @@ def markdown(doc: dict) -> str:
         "alignlab - TRL at equal wall time.",
         "",
     ]
-    for size, meta in sorted(doc.get("meta", {}).items()):
+    # one line per run: the case groups (e.g. ``dpo_lora/smollm2``) it measured, with its command and load
+    by_run: dict[str, list[str]] = {}
+    for key, meta in doc.get("meta", {}).items():
+        by_run.setdefault(json.dumps(meta, sort_keys=True), []).append(key)
+    for blob, keys in sorted(by_run.items(), key=lambda kv: sorted(kv[1])):
+        meta = json.loads(blob)
         lines.append(
-            f"- `{size}`: {meta['command']} on {meta['machine']['device']}, "
-            f"{meta['machine']['threads']} thread(s), load average {meta['load_start']} -> "
-            f"{meta['load_end']}, {meta['minutes']:.1f} min; TRL {meta['machine']['trl']}, "
-            f"transformers {meta['machine']['transformers']}"
+            f"- {', '.join(f'`{k}`' for k in sorted(keys))}: {meta['command']} on "
+            f"{meta['machine']['device']}, {meta['machine']['threads']} thread(s), load average "
+            f"{meta['load_start']} -> {meta['load_end']}, {meta['minutes']:.1f} min; "
+            f"TRL {meta['machine']['trl']}, transformers {meta['machine']['transformers']}"
         )
     lines += [
         "",
@@ -360,15 +365,31 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def case_group(row_case: str) -> str:
+    """``online_rl_ppo/smollm2`` -> ``online_rl/smollm2``: the key of the run that measured a row."""
+    name, size = row_case.rsplit("/", 1)
+    group = next((g for g in CASE_NAMES.values() if name == g or name.startswith(g + "_")), name)
+    return f"{group}/{size}"
+
+
 def merge(path: Path, size: str, rows: list[dict] | None, meta: dict | None, scaling: dict | None) -> dict:
+    """Add a run's rows to ``path``'s document: its case groups replace earlier rows of the same groups
+    (other sizes and cases stay), and ``meta`` is kept per case group, so every row keeps the command,
+    load and date of the run that produced it."""
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc.setdefault("meta", {})
     doc.setdefault("cases", [])
     doc.setdefault("scaling", {})
+    for key in [k for k in doc["meta"] if "/" not in k]:  # older files: one meta per size
+        old = doc["meta"].pop(key)
+        for r in doc["cases"]:
+            if r["case"].endswith(f"/{key}"):
+                doc["meta"].setdefault(case_group(r["case"]), old)
     if rows is not None:
         new = {r["case"] for r in rows}
         doc["cases"] = [r for r in doc["cases"] if r["case"] not in new] + rows
-        doc["meta"][size] = meta
+        for group in {case_group(c) for c in new}:
+            doc["meta"][group] = meta
     if scaling is not None:
         doc["scaling"][size] = scaling
     return doc

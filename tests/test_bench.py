@@ -91,5 +91,33 @@ def test_one_tiny_round_end_to_end(tmp_path, monkeypatch):
     # both frameworks trained on the same token sequences
     tpp = rows["tokens_per_s"]["tokens_per_pair"]
     assert tpp["alignlab"] == pytest.approx(tpp["trl"])
-    assert doc["meta"]["tiny"]["load_start"] and doc["meta"]["tiny"]["load_end"]
+    assert doc["meta"]["reward_model/tiny"]["load_start"] and doc["meta"]["reward_model/tiny"]["load_end"]
     assert "reward_model/tiny" in (tmp_path / "results.md").read_text()
+
+
+def test_meta_is_kept_per_case_group(tmp_path):
+    """Two runs on one size (dpo+reward, then rl) keep both commands; an older one-meta-per-size file
+    is split over the case groups it measured."""
+    row = {"metric": "pairs_per_s", "higher_is_better": True, "ratio": 2.0, "ratio_min": 1.5}
+    row |= {"ratio_max": 2.5, "alignlab": 2.0, "trl": 1.0, "settings": {}}
+    machine = {"device": "cpu", "threads": 1, "trl": "1.16.0", "transformers": "5"}
+
+    def meta(cmd):
+        return {"command": cmd, "machine": machine, "load_start": [1.0], "load_end": [1.0], "minutes": 1.0}
+
+    path = tmp_path / "results.json"
+    old = {"meta": {"smollm2": meta("old")}, "cases": [{**row, "case": "dpo_lora/smollm2"}], "scaling": {}}
+    path.write_text(json.dumps(old))
+    doc = bench.merge(path, "smollm2", [{**row, "case": "reward_model/smollm2"}], meta("dpo,reward"), None)
+    assert doc["meta"]["dpo_lora/smollm2"]["command"] == "old"
+    bench.write_outputs(tmp_path, doc)
+    rl = [{**row, "case": "online_rl_ppo/smollm2"}, {**row, "case": "online_rl_rloo/smollm2"}]
+    doc = bench.merge(path, "smollm2", rl, meta("rl"), None)
+    assert {k: v["command"] for k, v in doc["meta"].items()} == {
+        "dpo_lora/smollm2": "old",
+        "reward_model/smollm2": "dpo,reward",
+        "online_rl/smollm2": "rl",
+    }
+    assert bench.case_group("online_rl_rloo/smollm2") == "online_rl/smollm2"
+    table = bench.markdown(doc)
+    assert "- `online_rl/smollm2`: rl on cpu" in table and "- `reward_model/smollm2`: dpo,reward" in table
