@@ -67,7 +67,8 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python scripts/bench.py --size tiny --repeats 2 --warmup-runs 0
 	$(BIN)/python scripts/bench.py --size tiny --scaling
-	$(BIN)/python scripts/bench.py --size smollm2 --cases dpo,reward --repeats 1 --warmup-runs 0
+	$(BIN)/python scripts/bench.py --size smollm2 --cases dpo,reward --repeats 2 --warmup-runs 0
+	$(BIN)/python scripts/bench.py --size smollm2 --cases rl --repeats 1 --warmup-runs 0
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
