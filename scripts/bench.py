@@ -48,6 +48,8 @@ SIZES = {
             "lr": 1e-3,
             "ppo_epochs": 1,
             "num_minibatches": 1,
+            "fused_forward": True,
+            "eval_prompts": 16,
         },
     },
     "smollm2": {
@@ -70,6 +72,8 @@ SIZES = {
             "lr": 2e-4,
             "ppo_epochs": 1,
             "num_minibatches": 1,
+            "fused_forward": True,  # exact: one update per batch, so pi_old = the update's own forward
+            "eval_prompts": 64,  # held-out prompts scored after training (VADER's SE ~0.4 / sqrt(n))
         },
     },
 }
@@ -159,8 +163,10 @@ def write_data(work: Path, size: str, n_pairs: int = 64, seed: int = 0) -> dict:
                 "rejected": " " + words(cfg["completion_words"], NEGATIVE),
             }
         )
+    n_eval = cfg["rl"].get("eval_prompts", 16)
     prompts = [
-        {"prompt": f"Movie review: {openings[i % len(openings)]} {words((1, 4), FILLER)}"} for i in range(48)
+        {"prompt": f"Movie review: {openings[i % len(openings)]} {words((1, 4), FILLER)}"}
+        for i in range(32 + n_eval)
     ]
     paths = {
         "data": work / "pairs.jsonl",
@@ -277,6 +283,9 @@ def summarise(case: str, size: str, settings: dict, runs: dict[str, list[dict]])
             }
             if case == "rl" and metric == "gold_reward":
                 row["reward_before"] = statistics.median(r["reward_before"] for r in runs[fw])
+                if all("reward_after_se" in r for r in runs[fw] + runs[trl]):  # standard error of a mean
+                    row["alignlab_se"] = statistics.median(r["reward_after_se"] for r in runs[fw])
+                    row["trl_se"] = statistics.median(r["reward_after_se"] for r in runs[trl])
                 row["alignlab_iterations"] = [r["iterations"] for r in runs[fw]]
                 row["trl_iterations"] = [r["iterations"] for r in runs[trl]]
             if metric == "tokens_per_s":
@@ -354,9 +363,10 @@ def markdown(doc: dict) -> str:
         if metric == "gold_reward":  # the reward the policy was trained and evaluated on
             before = f", {r['reward_before']:.3f} before training" if "reward_before" in r else ""
             metric = f"final reward [{r['settings']['reward']}{before}]"
+        se = {k: f" ± {r[f'{k}_se']:.2f}" if f"{k}_se" in r else "" for k in ("alignlab", "trl")}
         lines.append(
-            f"| {r['case']} | {metric} ({better} is better) | {fmt(r['alignlab'])} | "
-            f"{fmt(r['trl'])} | {cmp} |"
+            f"| {r['case']} | {metric} ({better} is better) | {fmt(r['alignlab'])}{se['alignlab']} | "
+            f"{fmt(r['trl'])}{se['trl']} | {cmp} |"
         )
     if doc.get("scaling"):
         from bench_scaling import scaling_markdown

@@ -396,8 +396,9 @@ def prompt_texts(path: str) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, s: dict, reward_fn) -> float:
-    """Mean reward of one seeded sample per held-out prompt (the same sampler for both frameworks)."""
+def evaluate(policy, tokenizer, s: dict, reward_fn) -> tuple[float, float]:
+    """Mean reward of one seeded sample per held-out prompt (the same sampler for both frameworks) and
+    its standard error."""
     from alignlab.data.tokenize import Formatter
     from alignlab.models.generation import SamplingConfig, sample
 
@@ -411,15 +412,19 @@ def evaluate(policy, tokenizer, s: dict, reward_fn) -> float:
         for i in range(0, len(ids), 16):
             gen = sample(policy, tokenizer, ids[i : i + 16], SamplingConfig(s["max_new_tokens"], 1.0))
             scores.append(reward_fn(prompts[i : i + 16], gen.texts).float())
-    return float(torch.cat(scores).mean())
+    scores = torch.cat(scores)
+    return float(scores.mean()), float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else 0.0
 
 
-def rl_result(clock: StepClock, counter: GenerateCounter, before: float, after: float, s: dict) -> dict:
+def rl_result(clock: StepClock, counter: GenerateCounter, before: float, after: tuple, s: dict) -> dict:
+    after, after_se = after
     return {
         "train_seconds": clock.t1 - clock.t_train,
         "iterations": clock.steps,
         "reward_before": before,
         "reward_after": after,
+        "reward_after_se": after_se,
+        "eval_prompts": s.get("eval_prompts", 16),
         "gold_reward": after,
         "rollout_tokens": counter.tokens,
         "generate_seconds": counter.seconds,
@@ -444,6 +449,7 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
         f"algo.max_new_tokens={s['max_new_tokens']}",
         f"algo.kl_coef={s['kl_coef']}",
         "algo.log_samples_every=0",
+        f"++algo.fused_forward={str(s.get('fused_forward', False)).lower()}",
         f"algo.optimizer.lr={s['lr']}",
         "trainer.max_steps=1000000",
         "trainer.gradient_clip_val=null",
@@ -462,7 +468,7 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
     # evaluate the initial policy with an identical model (same seed, same weights)
     lm, policy = load_policy(s["size"])
     reward_fn = reward_function(s)
-    before = evaluate(policy, lm.tokenizer, s, reward_fn)
+    before, _ = evaluate(policy, lm.tokenizer, s, reward_fn)
     del lm, policy
     counter = {}
 
@@ -494,7 +500,7 @@ def rl_trl(s: dict, out: str) -> dict:
 
     lm, policy = load_policy(s["size"])
     reward_fn = reward_function(s)
-    before = evaluate(policy, lm.tokenizer, s, reward_fn)
+    before, _ = evaluate(policy, lm.tokenizer, s, reward_fn)
 
     def gold(prompts, completions, **kw):
         return reward_fn(list(prompts), list(completions)).tolist()

@@ -208,3 +208,75 @@ def test_ppo_smollm2_lora_two_steps(tmp_path):
     assert all("lora_" in k or k.startswith("value_head.") for k in ckpt["state_dict"])
     assert (tmp_path / "policy" / "adapter_config.json").exists()
     assert metrics["objective/kl"] == metrics["objective/kl"]  # finite, not NaN
+
+
+@pytest.mark.parametrize("peft,value_model", [("none", "shared"), ("lora", "separate")])
+def test_ppo_fused_forward_matches_separate_forwards(tmp_path, monkeypatch, peft, value_model):
+    """With one update per rollout batch, fused_forward takes pi_old's log-probs and the rollout values
+    from the update's own forward: the same KL, advantages and updates as the separate no-grad forwards
+    (policy log-probs, values), which it skips."""
+    import alignlab.modules.rollout as rollout
+
+    calls = {"n": 0}
+    inner = rollout.completion_logprobs
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return inner(*a, **kw)
+
+    monkeypatch.setattr(rollout, "completion_logprobs", counting)
+
+    def fit(out: Path, fused: bool):
+        over = [
+            "experiment=ppo_tiny",
+            f"peft={peft}",
+            f"algo.value_model={value_model}",
+            f"paths.output_dir={out}",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=1000",
+            "++trainer.limit_val_batches=0",
+            "callbacks=none",
+            "algo.ppo_epochs=1",
+            "algo.num_minibatches=1",
+            "algo.log_samples_every=0",
+            f"++algo.fused_forward={str(fused).lower()}",
+        ]
+        calls["n"] = 0
+        _, objs = train(compose(over))
+        m = objs["module"]
+        params = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+        with open(out / "csv" / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("objective/kl")]
+        return params, rows, calls["n"]
+
+    ref_params, ref_rows, ref_calls = fit(tmp_path / "separate", False)
+    params, rows, fused_calls = fit(tmp_path / "fused", True)
+    assert (ref_calls, fused_calls) == (6, 3)  # policy + reference per batch, then the reference only
+    assert len(rows) == len(ref_rows) == 3
+    keys = ("objective/kl", "objective/score", "policy/pg_loss", "value/loss", "value/mean", "policy/ratio")
+    for key in keys:
+        got, want = [float(r[key]) for r in rows], [float(r[key]) for r in ref_rows]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), key
+    assert [float(r["policy/ratio"]) for r in rows] == pytest.approx([1.0] * 3)
+    assert params.keys() == ref_params.keys()
+    for n, p in params.items():
+        torch.testing.assert_close(p, ref_params[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_ppo_fused_forward_needs_one_update(tiny_lm):
+    from alignlab.modules.ppo import PPOModule
+    from alignlab.rewards.base import CharFractionReward
+
+    with pytest.raises(ValueError, match="algo.ppo_epochs=1 and algo.num_minibatches=1"):
+        PPOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), fused_forward=True)
+    m = PPOModule(
+        tiny_lm.model,
+        tiny_lm.tokenizer,
+        reward=CharFractionReward(),
+        fused_forward=True,
+        ppo_epochs=1,
+        num_minibatches=1,
+    )
+    assert m.fused_forward

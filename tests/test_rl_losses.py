@@ -170,3 +170,16 @@ def test_calibration_bins():
     assert emp[0].item() == pytest.approx(0.5) and emp[9].item() == pytest.approx(1.0)
     # ECE = (2 * |0.05 - 0.5| + 2 * |0.95 - 1|) / 4
     assert ece.item() == pytest.approx((2 * 0.45 + 2 * 0.05) / 4)
+
+
+def test_group_std_normalize():
+    # two prompts, k=3: each group divided by its own (unbiased) standard deviation; a flat group stays 0
+    adv = torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    out = rl.group_std_normalize(adv, k=3)
+    assert out.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0], abs=1e-6)  # std of {-1,0,1} = 1
+    adv = torch.tensor([-4.0, 2.0, 2.0, 1.0, -0.5, -0.5])
+    std1, std2 = math.sqrt((16 + 4 + 4) / 2), math.sqrt((1 + 0.25 + 0.25) / 2)
+    want = [-4 / std1, 2 / std1, 2 / std1, 1 / std2, -0.5 / std2, -0.5 / std2]
+    assert rl.group_std_normalize(adv, k=3).tolist() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="groups of k=4"):
+        rl.group_std_normalize(adv, k=4)

@@ -58,3 +58,95 @@ def test_rloo_config_errors(tiny_lm):
     assert m.baseline_value == 2.0
     assert m.advantages(torch.tensor([4.0, 4.0])).tolist() == [2.0, 2.0]
     assert m.baseline_value == 3.0
+
+
+def _fit_rloo(tmp_path, fused: bool, peft: str, extra: list[str] = ()) -> tuple[dict, list[dict]]:
+    over = [
+        "experiment=rloo_tiny",
+        f"peft={peft}",
+        "reward@algo.reward=char_fraction",
+        f"paths.output_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=1000",
+        "++trainer.limit_val_batches=0",
+        "callbacks=none",
+        "algo.log_samples_every=0",
+        f"++algo.fused_forward={str(fused).lower()}",
+        *extra,
+    ]
+    _, objs = train(compose(over))
+    params = {n: p.detach().clone() for n, p in objs["module"].policy.named_parameters() if p.requires_grad}
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("objective/kl")]
+    return params, rows
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_rloo_fused_forward_matches_separate_forward(tmp_path, monkeypatch, peft):
+    """fused_forward takes pi_old's log-probs from the update's forward: the same KL, rewards and updates
+    as the separate no-grad forward, with one policy forward fewer per rollout batch."""
+    import alignlab.modules.rollout as rollout
+
+    calls = {"n": 0}
+    inner = rollout.completion_logprobs
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return inner(*a, **kw)
+
+    monkeypatch.setattr(rollout, "completion_logprobs", counting)
+    ref_params, ref_rows = _fit_rloo(tmp_path / "separate", False, peft)
+    separate_calls, calls["n"] = calls["n"], 0
+    params, rows = _fit_rloo(tmp_path / "fused", True, peft)
+    assert separate_calls == 6 and calls["n"] == 3  # 3 batches: policy + reference, reference only
+    assert len(rows) == len(ref_rows) == 3
+    for key in ("objective/score", "objective/kl", "policy/seq_logprob", "policy/grad_norm"):
+        got, want = [float(r[key]) for r in rows], [float(r[key]) for r in ref_rows]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+    assert params.keys() == ref_params.keys()
+    for n, p in params.items():
+        torch.testing.assert_close(p, ref_params[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_rloo_advantage_normalisation(tiny_lm):
+    from alignlab.modules.rloo import RLOOModule
+    from alignlab.rewards.base import CharFractionReward
+
+    def module(norm, k=2):
+        return RLOOModule(
+            tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), k=k, normalize_advantages=norm
+        )
+
+    rewards = torch.tensor([1.0, 3.0, 0.0, 0.5])  # two prompts, k=2
+    loo = torch.tensor([-2.0, 2.0, -0.5, 0.5])  # r_i minus the other sample
+    assert module(False).advantages(rewards).tolist() == loo.tolist()
+    batch = module(True).advantages(rewards)
+    torch.testing.assert_close(batch, loo / loo.std())
+    torch.testing.assert_close(module("batch").advantages(rewards), batch)
+    group = module("group").advantages(rewards)  # each pair {-a, a} has std a * sqrt(2)
+    s = 2**0.5
+    torch.testing.assert_close(group, torch.tensor([-1 / s, 1 / s, -1 / s, 1 / s]))
+    with pytest.raises(ValueError, match="choose false, true, batch or group"):
+        module("prompt")
+    with pytest.raises(ValueError, match="needs algo.k >= 2"):
+        RLOOModule(
+            tiny_lm.model,
+            tiny_lm.tokenizer,
+            reward=CharFractionReward(),
+            k=1,
+            baseline="ema",
+            normalize_advantages="group",
+        )
+
+
+def test_fused_forward_refuses_dropout(tiny_lm):
+    from alignlab.modules.rloo import RLOOModule
+    from alignlab.rewards.base import CharFractionReward
+
+    drop = next(m for m in tiny_lm.model.modules() if isinstance(m, torch.nn.Dropout))
+    drop.p = 0.1
+    with pytest.raises(ValueError, match="dropout-free policy"):
+        RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), fused_forward=True)
+    RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward())  # the default is unaffected

@@ -91,6 +91,18 @@ def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return (grouped - baseline).reshape(-1)
 
 
+def group_std_normalize(advantages: torch.Tensor, k: int, eps: float = 1e-8) -> torch.Tensor:
+    """Divide each prompt's k advantages by their own standard deviation (GRPO-style scaling; a group
+    whose samples all scored the same keeps advantages of 0).
+
+    advantages: (P * k,) with the k samples of each prompt contiguous. Returns (P * k,).
+    """
+    if k < 2 or advantages.numel() % k:
+        raise ValueError(f"{advantages.numel()} advantages are not a whole number of groups of k={k} >= 2")
+    grouped = advantages.reshape(-1, k)  # (P, k)
+    return (grouped / (grouped.std(-1, keepdim=True) + eps)).reshape(-1)
+
+
 # -- losses --------------------------------------------------------------------------------------------
 class PGLossOutput(NamedTuple):
     pg_loss: torch.Tensor

@@ -88,6 +88,11 @@ class PPOModule(OnlineRLModule):
             raise ValueError(
                 f"algo.ppo_epochs ({ppo_epochs}) and algo.num_minibatches ({num_minibatches}) must be >= 1"
             )
+        if self.fused_forward and (ppo_epochs, num_minibatches) != (1, 1):
+            raise ValueError(
+                f"algo.fused_forward=true needs one update per rollout batch: algo.ppo_epochs=1 and "
+                f"algo.num_minibatches=1 (got {ppo_epochs} and {num_minibatches})"
+            )
         self.ppo_epochs, self.num_minibatches = ppo_epochs, num_minibatches
         self.cliprange, self.cliprange_value, self.vf_coef = cliprange, cliprange_value, vf_coef
         self.gamma, self.lam, self.whiten_rewards = gamma, lam, whiten_rewards
@@ -137,10 +142,22 @@ class PPOModule(OnlineRLModule):
 
     # -- one PPO iteration ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        # 1. rollouts, 2. scores, 3. policy / reference log-probs and per-token KL (no gradient)
-        r = self.collect_rollouts(batch["prompt_ids"], batch["prompt"])
+        # 1. rollouts, 2. scores, 3. policy / reference log-probs and per-token KL (no gradient; with
+        # fused_forward the policy's log-probs and values come from the one gradient forward instead)
+        fused = self.fused_forward
+        r = self.collect_rollouts(batch["prompt_ids"], batch["prompt"], policy_logprobs=not fused)
         mask = r.response_mask  # (B, L)
-        values = self.rollout_values(r.query_responses, r.attention_mask, r.context_length) * mask
+        n = len(r.prompts)
+        if fused:  # the single update's forward, before the update: log-probs and values of pi_old
+            perm = torch.randperm(n, device=self.device)  # the same draw as the minibatch loop makes
+            fwd = self.forward_policy_value(
+                r.query_responses[perm], r.attention_mask[perm], r.context_length, r.responses[perm]
+            )
+            inverse = torch.argsort(perm)
+            self.set_policy_logprobs(r, fwd[0][inverse])
+            values = fwd[1].detach()[inverse] * mask
+        else:
+            values = self.rollout_values(r.query_responses, r.attention_mask, r.context_length) * mask
         # 4. per-token reward: non-score reward -kl_coef * KL, plus the score on the last token
         rewards, _ = token_rewards(r.scores, r.kl, mask, self.kl_ctl.value)
         if self.whiten_rewards:
@@ -150,7 +167,6 @@ class PPOModule(OnlineRLModule):
         # 6. whiten advantages
         advantages = masked_whiten(advantages, mask)
         # 7. several PPO epochs over minibatches: clipped policy loss + clipped value loss
-        n = len(r.prompts)
         stats = {
             k: []
             for k in (
@@ -165,14 +181,19 @@ class PPOModule(OnlineRLModule):
             )
         }
         for _ in range(self.ppo_epochs):
-            for idx in torch.randperm(n, device=self.device).tensor_split(self.num_minibatches):
+            order = perm if fused else torch.randperm(n, device=self.device)
+            for idx in order.tensor_split(self.num_minibatches):
                 if idx.numel() == 0:
                     continue
                 mb = r.index(idx)
                 mb_mask = mb["response_mask"]
-                logprobs, vpred, logits = self.forward_policy_value(
-                    mb["query_responses"], mb["attention_mask"], r.context_length, mb["responses"]
-                )
+                if fused:  # the one minibatch is the whole permuted batch, already forwarded
+                    logprobs, vpred, logits = fwd
+                    del fwd
+                else:
+                    logprobs, vpred, logits = self.forward_policy_value(
+                        mb["query_responses"], mb["attention_mask"], r.context_length, mb["responses"]
+                    )
                 pg = pg_loss(logprobs, mb["logprobs"], advantages[idx], mb_mask, self.cliprange)
                 vl, vclip = vf_loss(vpred, values[idx], returns[idx], mb_mask, self.cliprange_value)
                 loss = pg.pg_loss + self.vf_coef * vl

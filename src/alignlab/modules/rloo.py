@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.losses.rl import reinforce_loss, rloo_advantages
+from alignlab.losses.rl import group_std_normalize, reinforce_loss, rloo_advantages
 from alignlab.models.logprobs import gather_logprobs
-from alignlab.modules.rollout import OnlineRLModule, forward_completion
+from alignlab.modules.rollout import OnlineRLModule, Rollout, forward_completion
 
 BASELINES = ("rloo", "ema", "mean", "none")
 
@@ -28,7 +28,7 @@ class RLOOModule(OnlineRLModule):
         k: int = 4,
         baseline: str = "rloo",
         ema_decay: float = 0.9,
-        normalize_advantages: bool = False,
+        normalize_advantages: bool | str = False,
         **rollout_kwargs,
     ):
         """
@@ -41,7 +41,8 @@ class RLOOModule(OnlineRLModule):
             baseline: ``rloo`` (leave-one-out, needs k >= 2), ``ema`` (running mean of past rewards),
                 ``mean`` (batch mean) or ``none``.
             ema_decay: decay of the running-mean baseline (``baseline=ema``).
-            normalize_advantages: divide advantages by their batch standard deviation.
+            normalize_advantages: divide advantages by a standard deviation: ``false``, ``true`` or
+                ``batch`` (the batch's), ``group`` (each prompt's k samples by their own; needs k >= 2).
             **rollout_kwargs: reward, sampling, KL and logging settings (see ``OnlineRLModule``).
         """
         super().__init__(policy, tokenizer, optimizer, scheduler, **rollout_kwargs)
@@ -52,7 +53,14 @@ class RLOOModule(OnlineRLModule):
         if k < 1 or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"algo.k ({k}) must be >= 1 and algo.ema_decay ({ema_decay}) in [0, 1)")
         self.k, self.baseline, self.ema_decay = k, baseline, ema_decay
-        self.normalize_advantages = normalize_advantages
+        norm = {False: None, True: "batch", "none": None, "batch": "batch", "group": "group"}
+        if normalize_advantages not in norm:
+            raise ValueError(
+                f"algo.normalize_advantages={normalize_advantages!r}: choose false, true, batch or group"
+            )
+        if norm[normalize_advantages] == "group" and k < 2:
+            raise ValueError(f"algo.normalize_advantages=group needs algo.k >= 2 (got k={k})")
+        self.normalize_advantages = norm[normalize_advantages]
         self.baseline_value: float | None = None  # running mean for baseline=ema
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
@@ -70,35 +78,35 @@ class RLOOModule(OnlineRLModule):
             )
         else:
             adv = rewards
-        if self.normalize_advantages and adv.numel() > 1:
+        if self.normalize_advantages == "batch" and adv.numel() > 1:
             adv = adv / (adv.std() + 1e-8)
+        elif self.normalize_advantages == "group":
+            adv = group_std_normalize(adv, self.k)
         return adv
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         # 1. rollouts: k completions per prompt, the k copies of a prompt contiguous
         prompt_ids = [p for p in batch["prompt_ids"] for _ in range(self.k)]
         prompts = [p for p in batch["prompt"] for _ in range(self.k)]
-        # 2. scores, 3. policy / reference log-probs and per-token KL (no gradient)
-        r = self.collect_rollouts(prompt_ids, prompts)
+        # 2. scores, 3. policy / reference log-probs and per-token KL (no gradient; with fused_forward
+        # the policy's log-probs come from the gradient forward below instead)
+        r = self.collect_rollouts(prompt_ids, prompts, policy_logprobs=not self.fused_forward)
         mask = r.response_mask  # (B * k, L)
+        n = len(prompts)
+        step = n if self.fused_forward else (self.forward_batch_size or n)
+        chunks = [slice(i, i + step) for i in range(0, n, step)]
+        if self.fused_forward:  # one forward with gradient over the whole batch, before the update
+            logits, logprobs = self.policy_logprobs(r, chunks[0])
+            self.set_policy_logprobs(r, logprobs)
         # 4. sequence reward: score minus the KL penalty summed over the completion
         rewards = r.scores - self.kl_ctl.value * r.kl.sum(-1)  # (B * k,)
         # 5. baseline -> advantages
         adv = self.advantages(rewards)
         # 6. policy gradient: -A * log pi(y), gradients accumulated over chunks, one update
-        n = len(prompts)
-        chunk = self.forward_batch_size or n
         entropy = []
-        for i in range(0, n, chunk):
-            sl = slice(i, i + chunk)
-            logits, _ = forward_completion(
-                self.policy,
-                r.query_responses[sl],
-                r.attention_mask[sl],
-                r.context_length,
-                self.sampling.temperature,
-            )
-            logprobs = gather_logprobs(logits, r.responses[sl])
+        for sl in chunks:
+            if not self.fused_forward:
+                logits, logprobs = self.policy_logprobs(r, sl)
             loss = reinforce_loss(logprobs, adv[sl], mask[sl]) * (logprobs.shape[0] / n)
             self.manual_backward(loss)
             entropy.append(self.entropy(logits, mask[sl]))
@@ -115,6 +123,17 @@ class RLOOModule(OnlineRLModule):
         if norm is not None:
             self.log("policy/grad_norm", norm, batch_size=n)
         self.write_samples(r)
+
+    def policy_logprobs(self, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (b, L, V) and log-probs (b, L) of rollout rows ``sl`` under the policy, with gradient."""
+        logits, _ = forward_completion(
+            self.policy,
+            r.query_responses[sl],
+            r.attention_mask[sl],
+            r.context_length,
+            self.sampling.temperature,
+        )
+        return logits, gather_logprobs(logits, r.responses[sl])
 
     def rl_state(self) -> dict:
         return {**super().rl_state(), "baseline_value": self.baseline_value}

@@ -58,9 +58,9 @@ class Rollout:
     stopped: torch.Tensor  # (B,) bool: ended with EOS
     raw_scores: torch.Tensor  # (B,) the reward function's scores
     scores: torch.Tensor  # (B,) after normalisation, clipping and the missing-EOS penalty
-    logprobs: torch.Tensor  # (B, L) under the rollout policy
+    logprobs: torch.Tensor | None  # (B, L) under the rollout policy (None until a fused forward sets it)
     ref_logprobs: torch.Tensor  # (B, L) under the reference
-    kl: torch.Tensor  # (B, L) per-token KL estimate, 0 on padding
+    kl: torch.Tensor | None  # (B, L) per-token KL estimate, 0 on padding (set with ``logprobs``)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -141,6 +141,7 @@ class OnlineRLModule(PolicyModule):
         reward_clip: float | None = None,
         max_grad_norm: float | None = 1.0,
         forward_batch_size: int | None = None,
+        fused_forward: bool = False,
         log_samples_every: int = 10,
         num_log_samples: int = 8,
     ):
@@ -167,6 +168,11 @@ class OnlineRLModule(PolicyModule):
             reward_clip: clip (normalised) scores to [-clip, clip] (None = off).
             max_grad_norm: gradient-norm clipping of each update (None = off).
             forward_batch_size: sequences per no-grad forward pass (None = the whole batch).
+            fused_forward: with one update per rollout batch, take the rollout policy's log-probs (and
+                PPO's values) from the gradient forward of that update instead of a separate no-grad
+                forward: the same numbers, one forward fewer per batch. The update's forward then runs
+                over the whole batch at once (``forward_batch_size`` bounds only the no-grad passes).
+                Needs a dropout-free policy.
             log_samples_every: write a samples table every this many rollout batches (0 = never).
             num_log_samples: rows per samples table.
         """
@@ -193,6 +199,12 @@ class OnlineRLModule(PolicyModule):
         self.missing_eos_penalty = missing_eos_penalty
         self.max_grad_norm = max_grad_norm
         self.forward_batch_size = forward_batch_size
+        self.fused_forward = fused_forward
+        if fused_forward and has_dropout(policy):
+            raise ValueError(
+                "algo.fused_forward=true needs a dropout-free policy (the update's forward then stands in "
+                "for the rollout log-probs): set the model's dropout to 0 or algo.fused_forward=false"
+            )
         self.log_samples_every = log_samples_every
         self.num_log_samples = num_log_samples
         # full fine-tuning needs a frozen copy as the reference; under LoRA it is the adapter switched off
@@ -212,8 +224,14 @@ class OnlineRLModule(PolicyModule):
                 p.requires_grad_(flag)
 
     @torch.no_grad()
-    def collect_rollouts(self, prompt_ids: list[list[int]], prompts: list[str]) -> Rollout:
-        """Steps 1-3 of every algorithm: sample, score, log-probs of policy and reference, per-token KL."""
+    def collect_rollouts(
+        self, prompt_ids: list[list[int]], prompts: list[str], policy_logprobs: bool = True
+    ) -> Rollout:
+        """Steps 1-3 of every algorithm: sample, score, log-probs of policy and reference, per-token KL.
+
+        With ``policy_logprobs=False`` the policy's log-probs and the KL are left unset (``None``): the
+        caller computes them in its gradient forward and hands them to ``set_policy_logprobs``.
+        """
         self.reward_fn.to(self.device)
         # 1. sample completions (batched, KV cache, no gradient)
         gen = sample(self.policy, self.tokenizer, prompt_ids, self.sampling)
@@ -231,15 +249,18 @@ class OnlineRLModule(PolicyModule):
             scores = scores - self.missing_eos_penalty * (~stopped).float()
         # 3. log-probs under the policy and the reference (adapter disabled), per-token KL
         self.policy.eval()
-        logprobs = (
-            completion_logprobs(
-                self.policy, qr, attn, ctx, self.sampling.temperature, self.forward_batch_size
+        logprobs = kl = None
+        if policy_logprobs:
+            logprobs = (
+                completion_logprobs(
+                    self.policy, qr, attn, ctx, self.sampling.temperature, self.forward_batch_size
+                )
+                * response_mask
             )
-            * response_mask
-        )
         ref_logprobs = self.reference_logprobs(qr, attn, ctx, self.sampling.temperature) * response_mask
         self.policy.train()
-        kl = kl_estimate(logprobs, ref_logprobs, self.kl_estimator) * response_mask
+        if logprobs is not None:
+            kl = kl_estimate(logprobs, ref_logprobs, self.kl_estimator) * response_mask
         return Rollout(
             prompts,
             gen.texts,
@@ -255,6 +276,12 @@ class OnlineRLModule(PolicyModule):
             ref_logprobs,
             kl,
         )
+
+    def set_policy_logprobs(self, r: Rollout, logprobs: torch.Tensor) -> None:
+        """Fused forward: the rollout policy's log-probs (B, L) from the update's own forward (detached;
+        before the update they are the rollout policy's) and the per-token KL they give."""
+        r.logprobs = logprobs.detach() * r.response_mask
+        r.kl = kl_estimate(r.logprobs, r.ref_logprobs, self.kl_estimator) * r.response_mask
 
     def optimizer_update(self, loss: torch.Tensor | None = None) -> torch.Tensor | None:
         """(Backward,) clip, step, zero; the scheduler steps once per update. Returns the grad norm."""
@@ -377,6 +404,13 @@ class OnlineRLModule(PolicyModule):
             self.load_rl_state(checkpoint["rl_state"])
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
+
+
+def has_dropout(model) -> bool:
+    """Whether any dropout is active in training mode (``nn.Dropout`` modules or attention dropout)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    return float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0
 
 
 def rng_state() -> dict:
