@@ -49,7 +49,7 @@ SIZES = {
             "ppo_epochs": 1,
             "num_minibatches": 1,
             "fused_forward": True,
-            "eval_prompts": 16,
+            "n_eval_prompts": 16,
         },
     },
     "smollm2": {
@@ -73,7 +73,7 @@ SIZES = {
             "ppo_epochs": 1,
             "num_minibatches": 1,
             "fused_forward": True,  # exact: one update per batch, so pi_old = the update's own forward
-            "eval_prompts": 64,  # held-out prompts scored after training (VADER's SE ~0.4 / sqrt(n))
+            "n_eval_prompts": 64,  # held-out prompts scored after training (VADER's SE ~0.4 / sqrt(n))
         },
     },
 }
@@ -163,7 +163,7 @@ def write_data(work: Path, size: str, n_pairs: int = 64, seed: int = 0) -> dict:
                 "rejected": " " + words(cfg["completion_words"], NEGATIVE),
             }
         )
-    n_eval = cfg["rl"].get("eval_prompts", 16)
+    n_eval = cfg["rl"].get("n_eval_prompts", 16)
     prompts = [
         {"prompt": f"Movie review: {openings[i % len(openings)]} {words((1, 4), FILLER)}"}
         for i in range(32 + n_eval)
@@ -232,8 +232,11 @@ def run_case(
     runs: dict[str, list[dict]] = {f: [] for f in frameworks}
     for i in range(warmup_runs + repeats):
         order = frameworks if i % 2 == 0 else frameworks[::-1]
+        # online RL: each round its own seed (shared by the frameworks of the round), so the rounds' final
+        # rewards are independent draws; with one seed they repeat the same trajectory
+        round_settings = {**settings, "seed": i} if case == "rl" else settings
         for fw in order:
-            res = spawn(case, fw, settings, timeout)
+            res = spawn(case, fw, round_settings, timeout)
             if "error" in res:
                 raise RuntimeError(res["error"])
             tag = "warm-up" if i < warmup_runs else f"repeat {i - warmup_runs + 1}"

@@ -121,3 +121,34 @@ def test_meta_is_kept_per_case_group(tmp_path):
     assert bench.case_group("online_rl_rloo/smollm2") == "online_rl/smollm2"
     table = bench.markdown(doc)
     assert "- `online_rl/smollm2`: rl on cpu" in table and "- `reward_model/smollm2`: dpo,reward" in table
+
+
+def test_rl_rounds_get_their_own_seed_and_report_the_standard_error(monkeypatch, tmp_path):
+    """Online RL: each A/B round trains from its own seed (both frameworks of a round share it), so the
+    final rewards of the rounds are independent; the table shows each side's standard error."""
+    seen = []
+
+    def fake_spawn(case, fw, settings, timeout):
+        seen.append((fw, settings["seed"]))
+        reward = 0.3 + 0.1 * settings["seed"] if fw.startswith("alignlab") else 0.2
+        return {
+            "gold_reward": reward,
+            "reward_before": 0.1,
+            "reward_after_se": 0.05 if fw.startswith("alignlab") else 0.06,
+            "iterations": 10,
+            "rollout_tokens_per_s": 50.0,
+            "samples_per_s": 1.0,
+            "peak_rss_mb": 100.0,
+        }
+
+    monkeypatch.setattr(bench, "spawn", fake_spawn)
+    paths = {"data": "d", "prompts": "p", "eval_prompts": "e"}
+    rows = bench.run_case("rl", "smollm2", paths, repeats=2, warmup_runs=0, timeout=1, log=lambda *_: None)
+    assert [s for _, s in seen] == [0, 0, 0, 1, 1, 1]
+    assert [fw for fw, _ in seen[3:]] == list(reversed(bench.FRAMEWORKS["rl"]))  # B A order in round 2
+    gold = next(r for r in rows if r["metric"] == "gold_reward" and r["case"] == "online_rl_rloo/smollm2")
+    assert gold["alignlab_runs"] == pytest.approx([0.3, 0.4]) and gold["delta"] == pytest.approx(0.15)
+    assert (gold["alignlab_se"], gold["trl_se"]) == (0.05, 0.06)
+    assert "0.35 ± 0.05 | 0.2 ± 0.06 | +0.150" in bench.markdown({"cases": rows})
+    settings = bench.case_settings("rl", "smollm2", paths)
+    assert settings["fused_forward"] is True and settings["n_eval_prompts"] == 64
