@@ -63,15 +63,28 @@ def test_sft_ddp_two_cpu_processes(tmp_path):
     "experiment,steps,metric",
     [
         ("reward_tiny", ["trainer.max_steps=10", "trainer.val_check_interval=5"], "val/accuracy"),
-        # online RL: every rank samples rollouts from its own prompts; validation scores are all-reduced
+        # online RL: every rank samples rollouts from its own prompts; metrics are all-reduced, and the
+        # running reward statistics and adaptive KL coefficient are computed from all ranks' rollouts
         (
             "ppo_tiny",
-            ["trainer.max_steps=8", "data.batch_size=4", "trainer.val_check_interval=1"],
+            [
+                "trainer.max_steps=8",
+                "data.batch_size=4",
+                "trainer.val_check_interval=1",
+                "algo.reward_normalize=true",
+                "algo.kl_target=1.0",
+            ],
             "val/score",
         ),
         (
             "rloo_tiny",
-            ["trainer.max_steps=4", "data.batch_size=4", "trainer.val_check_interval=2"],
+            [
+                "trainer.max_steps=4",
+                "data.batch_size=4",
+                "trainer.val_check_interval=2",
+                "algo.reward_normalize=true",
+                "algo.kl_target=1.0",
+            ],
             "val/score",
         ),
     ],

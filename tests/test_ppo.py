@@ -280,3 +280,45 @@ def test_ppo_fused_forward_needs_one_update(tiny_lm):
         num_minibatches=1,
     )
     assert m.fused_forward
+
+
+def test_rl_state_is_computed_from_every_rank(tiny_lm):
+    """Under DDP the running reward statistics and the adaptive KL coefficient come from all ranks' rollouts
+    (gathered), so every rank keeps the same state; here a second rank is simulated by ``all_gather``."""
+    from types import SimpleNamespace
+
+    from alignlab.modules.ppo import PPOModule
+    from alignlab.rewards.base import CharFractionReward
+
+    def make():
+        return PPOModule(
+            tiny_lm.model,
+            tiny_lm.tokenizer,
+            reward=CharFractionReward("abc"),
+            reward_normalize=True,
+            kl_target=1.0,
+            kl_horizon=100,
+            max_new_tokens=4,
+            log_samples_every=0,
+        )
+
+    single, two = make(), make()
+    # rank 1's tensors: rank 0's plus 1 (scores, KL), as all_gather stacks them: (world, N, ...)
+    two._trainer = SimpleNamespace(world_size=2)
+    two.all_gather = lambda x: torch.stack([x, x + 1])
+    x = torch.tensor([0.1, 0.4, 0.2])
+    assert torch.equal(single.across_ranks(x), x)
+    assert torch.equal(two.across_ranks(x), torch.cat([x, x + 1]))
+
+    torch.manual_seed(0)
+    prompt_ids = [tiny_lm.tokenizer("ab").input_ids] * 3
+    r = two.collect_rollouts(prompt_ids, ["ab"] * 3)
+    both = torch.cat([r.raw_scores, r.raw_scores + 1]).double()
+    assert two.reward_fn.moments.count == 6
+    assert two.reward_fn.moments.mean == pytest.approx(both.mean().item())
+    assert r.scores == pytest.approx(((r.raw_scores - both.mean()) / both.std()).float(), abs=1e-5)
+
+    r.kl = torch.full_like(r.response_mask, 0.5) * r.response_mask
+    two.update_kl_controller(r)
+    single.update_kl_controller(SimpleNamespace(kl=torch.cat([r.kl, r.kl + r.response_mask])))
+    assert two.kl_ctl.value == pytest.approx(single.kl_ctl.value) and two.kl_ctl.value != 0.05

@@ -210,22 +210,26 @@ class PPOModule(OnlineRLModule):
                     stats["grad_norm"].append(norm.detach())
                 del logits
         # 9. KL controller: adapt the coefficient to the measured KL (adaptive mode)
-        seq_kl = r.kl.sum(-1).mean().item()
-        self.kl_ctl.update(seq_kl, n)
+        self.update_kl_controller(r)
         # 10. metrics and a samples table
         self.log_rollout_metrics(r)
         mean = {k: torch.stack(v).float().mean() for k, v in stats.items() if v}
-        self.log("objective/entropy", mean["entropy"], batch_size=n)
-        self.log("policy/pg_loss", mean["pg_loss"], batch_size=n)
-        self.log("policy/clipfrac", mean["clipfrac"], batch_size=n)
-        self.log("policy/approx_kl", mean["approx_kl"], batch_size=n)
-        self.log("policy/ratio", mean["ratio"], batch_size=n)
-        self.log("value/loss", mean["vf_loss"], batch_size=n)
-        self.log("value/clipfrac", mean["vf_clipfrac"], batch_size=n)
-        self.log("value/explained_variance", explained_variance(values, returns, mask), batch_size=n)
-        self.log("value/mean", masked_mean(values, mask), batch_size=n)
+        self.log("objective/entropy", mean["entropy"], batch_size=n, sync_dist=True)
+        self.log("policy/pg_loss", mean["pg_loss"], batch_size=n, sync_dist=True)
+        self.log("policy/clipfrac", mean["clipfrac"], batch_size=n, sync_dist=True)
+        self.log("policy/approx_kl", mean["approx_kl"], batch_size=n, sync_dist=True)
+        self.log("policy/ratio", mean["ratio"], batch_size=n, sync_dist=True)
+        self.log("value/loss", mean["vf_loss"], batch_size=n, sync_dist=True)
+        self.log("value/clipfrac", mean["vf_clipfrac"], batch_size=n, sync_dist=True)
+        self.log(
+            "value/explained_variance",
+            explained_variance(values, returns, mask),
+            batch_size=n,
+            sync_dist=True,
+        )
+        self.log("value/mean", masked_mean(values, mask), batch_size=n, sync_dist=True)
         if "grad_norm" in mean:
-            self.log("policy/grad_norm", mean["grad_norm"], batch_size=n)
+            self.log("policy/grad_norm", mean["grad_norm"], batch_size=n, sync_dist=True)
         self.write_samples(r)
 
     def save_policy(self, directory: str | Path) -> Path:

@@ -114,14 +114,16 @@ class RLOOModule(OnlineRLModule):
         # 7. gradient clipping and the update
         norm = self.optimizer_update()
         # 8. KL controller (adaptive mode)
-        self.kl_ctl.update(r.kl.sum(-1).mean().item(), n)
+        self.update_kl_controller(r)
         # 9. metrics and a samples table
         self.log_rollout_metrics(r)
-        self.log("objective/entropy", torch.stack(entropy).mean(), batch_size=n)
-        self.log("policy/advantage_std", adv.std() if n > 1 else torch.zeros(()), batch_size=n)
-        self.log("policy/seq_logprob", r.logprobs.sum(-1).mean(), batch_size=n)
+        self.log("objective/entropy", torch.stack(entropy).mean(), batch_size=n, sync_dist=True)
+        self.log(
+            "policy/advantage_std", adv.std() if n > 1 else torch.zeros(()), batch_size=n, sync_dist=True
+        )
+        self.log("policy/seq_logprob", r.logprobs.sum(-1).mean(), batch_size=n, sync_dist=True)
         if norm is not None:
-            self.log("policy/grad_norm", norm, batch_size=n)
+            self.log("policy/grad_norm", norm, batch_size=n, sync_dist=True)
         self.write_samples(r)
 
     def policy_logprobs(self, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:

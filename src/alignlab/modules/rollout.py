@@ -243,7 +243,9 @@ class OnlineRLModule(PolicyModule):
         ctx = ctx_ids.shape[1]
         # 2. score them; completions that never stop are penalised
         raw = self.reward_fn.reward(prompts, gen.texts).to(self.device).float()
-        scores = self.reward_fn.transform(raw)
+        if self.reward_fn.normalize:  # running statistics over every rank's scores: the same on all ranks
+            self.reward_fn.moments.update(self.across_ranks(raw))
+        scores = self.reward_fn.transform(raw, update=False)
         stopped = gen.stopped.to(self.device)
         if self.missing_eos_penalty is not None:
             scores = scores - self.missing_eos_penalty * (~stopped).float()
@@ -277,6 +279,20 @@ class OnlineRLModule(PolicyModule):
             kl,
         )
 
+    def across_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, ...) from every rank, concatenated (``x`` itself in one process). What steers training
+        beyond the gradients (running reward statistics, the adaptive KL coefficient) is computed from it,
+        so every rank keeps the same state under DDP."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return x
+        return self.all_gather(x.contiguous()).flatten(0, 1)
+
+    def update_kl_controller(self, r: Rollout) -> None:
+        """Adaptive KL (Ziegler et al.): the coefficient follows the mean sequence KL over all ranks."""
+        seq_kl = self.across_ranks(r.kl.sum(-1).detach())
+        self.kl_ctl.update(seq_kl.mean().item(), seq_kl.numel())
+
     def set_policy_logprobs(self, r: Rollout, logprobs: torch.Tensor) -> None:
         """Fused forward: the rollout policy's log-probs (B, L) from the update's own forward (detached;
         before the update they are the rollout policy's) and the per-token KL they give."""
@@ -301,13 +317,20 @@ class OnlineRLModule(PolicyModule):
     def log_rollout_metrics(self, r: Rollout) -> None:
         bs = len(r.prompts)
         seq_kl = r.kl.sum(-1)
-        self.log("objective/score", r.raw_scores.mean(), prog_bar=True, batch_size=bs)
-        self.log("objective/kl", seq_kl.mean(), prog_bar=True, batch_size=bs)
-        self.log("objective/kl_coef", self.kl_ctl.value, batch_size=bs)
-        self.log("objective/non_score_reward", -self.kl_ctl.value * seq_kl.mean(), batch_size=bs)
-        self.log("objective/rlhf_reward", (r.scores - self.kl_ctl.value * seq_kl).mean(), batch_size=bs)
-        self.log("completion/length", r.lengths.mean(), batch_size=bs)
-        self.log("completion/stopped_frac", r.stopped.float().mean(), batch_size=bs)
+        self.log("objective/score", r.raw_scores.mean(), prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("objective/kl", seq_kl.mean(), prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("objective/kl_coef", self.kl_ctl.value, batch_size=bs, sync_dist=True)
+        self.log(
+            "objective/non_score_reward", -self.kl_ctl.value * seq_kl.mean(), batch_size=bs, sync_dist=True
+        )
+        self.log(
+            "objective/rlhf_reward",
+            (r.scores - self.kl_ctl.value * seq_kl).mean(),
+            batch_size=bs,
+            sync_dist=True,
+        )
+        self.log("completion/length", r.lengths.mean(), batch_size=bs, sync_dist=True)
+        self.log("completion/stopped_frac", r.stopped.float().mean(), batch_size=bs, sync_dist=True)
         queries = getattr(self.reward_fn.reward, "queries", None)  # a judge reward counts its judgements
         if queries is not None:
             self.log("reward/judge_queries", float(queries), reduce_fx="max", batch_size=bs)
