@@ -46,3 +46,19 @@ def compose(overrides: list[str], config_name: str = "train", return_hydra_confi
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hcompose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def app_env(tmp_path: Path, **extra: str) -> dict:
+    """Environment for an alignlab app run as a subprocess: one thread, offline, no wandb, and HOME, the HF
+    cache and alignlab's cache under ``tmp_path``; ``extra`` adds or overrides variables."""
+    return {
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "ALIGNLAB_CACHE": str(tmp_path / "cache"),
+        **extra,
+    }

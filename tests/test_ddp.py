@@ -12,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, app_env
 
 DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
 
 def _train(args: list[str], tmp_path: Path, run: str) -> tuple[Path, str]:
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "disabled",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "ALIGNLAB_CACHE": str(tmp_path / "cache"),
-    }
+    env = app_env(tmp_path)
     out = tmp_path / run
     proc = subprocess.run(
         [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, REPO
+from conftest import CONF, REPO, app_env
 
 LAUNCHERS = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
 PLUGIN = {"submitit": "hydra_plugins.hydra_submitit_launcher", "ray": "hydra_plugins.hydra_ray_launcher"}
@@ -71,15 +71,7 @@ def test_launcher_composes(name, tmp_path):
 @pytest.mark.slow
 def test_ray_launcher_runs_each_run_as_a_ray_task(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "disabled",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "TOKENIZERS_PARALLELISM": "false",
-        "ALIGNLAB_CACHE": str(tmp_path / "cache"),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    env = app_env(tmp_path, RAY_USAGE_STATS_ENABLED="0")
     sweep = tmp_path / "sweep"
     args = [
         "alignlab.pipeline",

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import CONF, REPO, compose
+from conftest import CONF, REPO, app_env, compose
 
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -57,14 +57,7 @@ def test_objective_penalises_kl_over_budget():
 
 
 def _run(args: list[str], tmp_path) -> str:
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "disabled",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "TOKENIZERS_PARALLELISM": "false",
-        "ALIGNLAB_CACHE": str(tmp_path / "cache"),
-    }
+    env = app_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )

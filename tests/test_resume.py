@@ -24,20 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, app_env
 
 
 def _env(tmp_path: Path) -> dict:
-    return {
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "disabled",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "ALIGNLAB_CACHE": str(tmp_path / "cache"),  # shared by the killed, resumed and reference runs
-    }
+    return app_env(tmp_path)  # ALIGNLAB_CACHE is shared by the killed, resumed and reference runs
 
 
 def start(args: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
