@@ -61,9 +61,7 @@ def test_resume_mid_epoch_continues_the_same_batches(tmp_path, resume_step):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
     _trainer(tmp_path, 12, [ckpt]).fit(straight, datamodule=_data(data, 10))
     assert len(straight.seen) == 12
-    # the order is shuffled (not the file order) and differs between epochs
-    assert straight.seen[:5] != sorted(straight.seen[:5]) or straight.seen[:5] != straight.seen[5:10]
-    assert straight.seen[:5] != straight.seen[5:10]
+    assert straight.seen[:5] != straight.seen[5:10]  # shuffled anew each epoch
 
     path = next((tmp_path / "ckpt").glob(f"*step={resume_step}.ckpt"))
     state = torch.load(path, weights_only=True)["loops"]["fit_loop"]["state_dict"]

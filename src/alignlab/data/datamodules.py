@@ -92,7 +92,7 @@ class ResumableLoader(DataLoader):
                 len(s.dataset),
                 s.seed,
             )
-            s._skip = None
+            s.skip_batches(s.epoch, 0)
 
 
 def batches_done_in_epoch(trainer) -> int:

@@ -243,9 +243,9 @@ class OnlineRLModule(PolicyModule):
         ctx = ctx_ids.shape[1]
         # 2. score them; completions that never stop are penalised
         raw = self.reward_fn.reward(prompts, gen.texts).to(self.device).float()
-        if self.reward_fn.normalize:  # running statistics over every rank's scores: the same on all ranks
-            self.reward_fn.moments.update(self.across_ranks(raw))
-        scores = self.reward_fn.transform(raw, update=False)
+        # running statistics over every rank's scores, so all ranks normalise alike
+        pooled = self.across_ranks(raw) if self.reward_fn.normalize else None
+        scores = self.reward_fn.transform(raw, pooled=pooled)
         stopped = gen.stopped.to(self.device)
         if self.missing_eos_penalty is not None:
             scores = scores - self.missing_eos_penalty * (~stopped).float()

@@ -94,12 +94,15 @@ class NormalizedReward(RewardFunction):
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         return self.transform(self.reward(prompts, completions))
 
-    def transform(self, scores: torch.Tensor, update: bool = True) -> torch.Tensor:
-        """Normalise and clip raw ``scores`` (N,), updating the running statistics when ``update``."""
+    def transform(
+        self, scores: torch.Tensor, update: bool = True, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalise and clip raw ``scores`` (N,), updating the running statistics when ``update`` with
+        ``pooled`` (e.g. every DDP rank's scores, so all ranks keep the same statistics) or ``scores``."""
         scores = scores.float()
         if self.normalize:
             if update:
-                self.moments.update(scores)
+                self.moments.update(scores if pooled is None else pooled)
             scores = scores - self.moments.mean
             if not self.center_only:
                 scores = scores / max(self.moments.std, 1e-6)
