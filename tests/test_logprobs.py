@@ -232,3 +232,72 @@ def test_reward_scores_with_shared_prompt_equal_separate_rows(arch):
     g_want = torch.autograd.grad((want_c - 2 * want_r).sum(), params)
     for a, b in zip(g_fast, g_want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- k completions of one prompt (RLOO rollouts) --------------------------------------------------------
+def rollout_batch(k: int = 3, seed: int = 0):
+    """Rollout layout: left-padded prompts (width P), right-padded completions (width L), groups of k."""
+    from alignlab.models.generation import left_pad
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (4, 7)]
+    lengths = [5, 1, 8, 3, 8, 6][: 2 * k]  # completion lengths, one per row
+    ctx_ids, ctx_mask = left_pad([p for p in prompts for _ in range(k)], 0)
+    width = max(lengths)
+    resp = torch.zeros(len(lengths), width, dtype=torch.long)
+    rmask = torch.zeros_like(resp)
+    for i, c in enumerate(lengths):
+        resp[i, :c] = torch.randint(1, VOCAB, (c,), generator=g)
+        rmask[i, :c] = 1
+    return torch.cat([ctx_ids, resp], 1), torch.cat([ctx_mask, rmask], 1), ctx_ids.shape[1], rmask
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_grouped_rollout_forward_equals_per_row_forward(arch, attn):
+    """Each prompt once per group of k samples: the completion log-probs and LoRA gradients equal the
+    per-row (B, P + L) forward; the reference (adapter off) too."""
+    from alignlab.modules.rollout import forward_completion
+
+    model = apply_peft(tiny_model(arch), LoraSpec(r=4, alpha=8))
+    model.config._attn_implementation = attn
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    qr, att, ctx, rmask = rollout_batch()
+    labels = qr[:, ctx:]
+
+    def logps(group):
+        logits, _ = forward_completion(model, qr, att, ctx, temperature=0.7, group=group)
+        return gather_logprobs(logits, labels) * rmask
+
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    want = logps(1)
+    want.sum().backward()
+    want_grads = [p.grad.clone() for p in lora]
+    model.zero_grad()
+    got = logps(3)
+    got.sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got != 0).sum() == rmask.sum()  # every completion token has a log-prob, nothing else
+    for g, w in zip([p.grad for p in lora], want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    with reference_mode(model):
+        torch.testing.assert_close(logps(3), logps(1), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(logps(3), got.detach())  # the adapter matters, so the check can fail
+
+
+def test_grouped_rollout_layout_declines_what_it_cannot_share():
+    from alignlab.models.logprobs import grouped_rollout_layout
+
+    qr, att, ctx, _ = rollout_batch()
+    layout = grouped_rollout_layout(qr, att, ctx, 3)
+    assert layout.input_ids.shape[0] == 2  # one row per prompt
+    # prompt 4 + completions 5 + 1 + 8 = 18; prompt 7 + 3 + 8 + 6 = 24: no padding between completions
+    assert layout.input_ids.shape[1] == 24 and (layout.segments[0] == -1).sum() == 6
+    assert grouped_rollout_layout(qr, att, ctx, 1) is None  # nothing to share
+    assert grouped_rollout_layout(qr, att, ctx, 4) is None  # 6 rows are not groups of 4
+    assert grouped_rollout_layout(qr, att, ctx, 2) is None  # rows 2 and 3 have different prompts
+    holes = att.clone()
+    holes[0, -1], holes[0, ctx + 4] = 1, 0  # a completion with a gap
+    assert grouped_rollout_layout(qr, holes, ctx, 3) is None

@@ -150,3 +150,29 @@ def test_fused_forward_refuses_dropout(tiny_lm):
     with pytest.raises(ValueError, match="dropout-free policy"):
         RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), fused_forward=True)
     RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward())  # the default is unaffected
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rloo_shared_prompt_matches_per_row_forward(tmp_path, monkeypatch, fused):
+    """algo.share_prompt runs each prompt once per group of k samples in the policy and reference
+    forwards: the same KL, rewards and updates as one row per sample."""
+    import alignlab.modules.rollout as rollout
+
+    calls = {"grouped": 0}
+    inner = rollout.grouped_completion_logits
+
+    def counting(*a, **kw):
+        out = inner(*a, **kw)
+        calls["grouped"] += out is not None
+        return out
+
+    monkeypatch.setattr(rollout, "grouped_completion_logits", counting)
+    ref_params, ref_rows = _fit_rloo(tmp_path / "rows", fused, "lora", ["algo.share_prompt=false"])
+    assert calls["grouped"] == 0
+    params, rows = _fit_rloo(tmp_path / "shared", fused, "lora", ["algo.share_prompt=true"])
+    assert calls["grouped"] == (6 if fused else 9)  # per batch: reference, update (+ pi_old unless fused)
+    for key in ("objective/score", "objective/kl", "policy/seq_logprob", "policy/grad_norm"):
+        got, want = [float(r[key]) for r in rows], [float(r[key]) for r in ref_rows]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), key
+    for n, p in params.items():
+        torch.testing.assert_close(p, ref_params[n], rtol=1e-4, atol=1e-5, msg=n)

@@ -113,6 +113,25 @@ def attention_kind(model) -> str | None:
     return getattr(cfg, "_attn_implementation", None) or getattr(cfg, "attn_implementation", None)
 
 
+def segment_attention_mask(segments: torch.Tensor, kind: str) -> torch.Tensor:
+    """Attention of rows laid out as ``prompt | completion 1 | completion 2 | ... | padding``.
+
+    ``segments`` (B, W): 0 prompt, j >= 1 completion j, -1 padding. Returns (B, 1, W, W): query q sees
+    key k iff k <= q and k is prompt or in q's own completion; padding sees itself. Boolean for sdpa,
+    additive float for eager attention.
+    """
+    width = segments.shape[1]
+    q_seg, k_seg = segments[:, :, None], segments[:, None, :]  # (B, W, 1), (B, 1, W)
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
+    allowed |= torch.eye(width, dtype=torch.bool, device=allowed.device)
+    allowed = allowed[:, None]  # (B, 1, W, W)
+    if kind == "sdpa":
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
 @dataclass
 class SharedPromptLayout:
     """Preference pairs as one row each, ``prompt | chosen | rejected | padding``: (B, W) tensors."""
@@ -125,18 +144,8 @@ class SharedPromptLayout:
     rejected_lens: list[int]
 
     def attention_mask(self, kind: str) -> torch.Tensor:
-        """(B, 1, W, W): query q sees key k iff k <= q and k is prompt or in q's own completion; padding
-        sees itself. Boolean for sdpa, additive float for eager attention."""
-        width = self.segments.shape[1]
-        q_seg, k_seg = self.segments[:, :, None], self.segments[:, None, :]  # (B, W, 1), (B, 1, W)
-        causal = torch.ones(width, width, dtype=torch.bool, device=self.segments.device).tril()
-        allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
-        allowed |= torch.eye(width, dtype=torch.bool, device=allowed.device)
-        allowed = allowed[:, None]  # (B, 1, W, W)
-        if kind == "sdpa":
-            return allowed
-        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
-        return mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        """(B, 1, W, W), see ``segment_attention_mask``."""
+        return segment_attention_mask(self.segments, kind)
 
     def last_positions(self) -> torch.Tensor:
         """(2B,) column of each sequence's last real token, chosen rows then rejected rows."""
@@ -228,3 +237,106 @@ def shared_prompt_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
     logps = torch.zeros(2 * b, dtype=picked.dtype, device=device).index_add(0, seq_t, picked)
     ntok = torch.tensor(layout.chosen_lens + layout.rejected_lens, dtype=torch.float32, device=device)
     return logps, ntok
+
+
+# -- k completions of one prompt (RLOO / GRPO rollouts) ----------------------------------------------------
+@dataclass
+class GroupedRolloutLayout:
+    """A rollout batch whose rows come in groups of ``k`` with the same prompt, as one row per group:
+    ``prompt | completion 1 | ... | completion k | padding`` (G, W), and where each completion token's
+    logits come from (``src``) and go to in the rollout's (B, L) layout (``dst``)."""
+
+    input_ids: torch.Tensor  # (G, W)
+    position_ids: torch.Tensor  # (G, W)
+    segments: torch.Tensor  # (G, W): 0 prompt, j completion j, -1 padding
+    src: tuple[torch.Tensor, torch.Tensor]  # (N,) row and column of the position predicting each token
+    dst: tuple[torch.Tensor, torch.Tensor]  # (N,) rollout row and completion column of that token
+
+
+def grouped_rollout_layout(
+    query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int, k: int
+) -> GroupedRolloutLayout | None:
+    """Lay a rollout batch (left-padded prompt of width ``context_length``, right-padded completion) out
+    with each prompt once per group of ``k`` consecutive rows, or None where that does not apply: k < 2,
+    rows not in groups of k with the same prompt, an empty prompt, or masks that are not one contiguous
+    prompt and one contiguous completion."""
+    b = query_responses.shape[0]
+    if k < 2 or b % k or b == 0:
+        return None
+    qr, att = query_responses.cpu(), attention_mask.cpu().bool()
+    ctx_mask, resp_mask = att[:, :context_length], att[:, context_length:]
+    plen, clen = ctx_mask.sum(-1).tolist(), resp_mask.sum(-1).tolist()
+    for i in range(b):  # prompt = suffix of the context block, completion = prefix of the rest
+        if (
+            plen[i] < 1
+            or not ctx_mask[i, context_length - plen[i] :].all()
+            or not resp_mask[i, : clen[i]].all()
+        ):
+            return None
+    prompts = [qr[i, context_length - plen[i] : context_length] for i in range(b)]
+    groups = b // k
+    for g in range(groups):
+        if any(not torch.equal(prompts[g * k], prompts[g * k + j]) for j in range(1, k)):
+            return None
+    width = max(plen[g * k] + sum(clen[g * k : (g + 1) * k]) for g in range(groups))
+    ids = torch.zeros(groups, width, dtype=torch.long)
+    pos = torch.zeros(groups, width, dtype=torch.long)
+    seg = torch.full((groups, width), -1, dtype=torch.long)
+    src_r, src_c, dst_r, dst_c = [], [], [], []
+    for g in range(groups):
+        p = plen[g * k]
+        ids[g, :p], pos[g, :p], seg[g, :p] = prompts[g * k], torch.arange(p), 0
+        col = p
+        for j in range(k):
+            i, c = g * k + j, clen[g * k + j]
+            ids[g, col : col + c] = qr[i, context_length : context_length + c]
+            pos[g, col : col + c] = torch.arange(p, p + c)  # each completion follows the prompt
+            seg[g, col : col + c] = j + 1
+            # token t is predicted at the previous token; the first at the prompt's last token
+            src_r += [g] * c
+            src_c += [p - 1, *range(col, col + c - 1)][:c]
+            dst_r += [i] * c
+            dst_c += range(c)
+            col += c
+    device = query_responses.device
+
+    def t(x):
+        return torch.as_tensor(x, dtype=torch.long, device=device)
+
+    return GroupedRolloutLayout(
+        ids.to(device), pos.to(device), seg.to(device), (t(src_r), t(src_c)), (t(dst_r), t(dst_c))
+    )
+
+
+def grouped_completion_logits(
+    model,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    k: int,
+    temperature: float = 1.0,
+) -> torch.Tensor | None:
+    """Logits (B, L, V) predicting each completion token of a rollout batch, with each prompt run once
+    per group of ``k`` rows (the k samples of one prompt) instead of k times, and no padding between
+    completions. Positions past a completion's end hold zeros (the callers mask them). The same numbers as
+    the (B, P + L) forward up to float rounding; None where it does not apply (no separate head,
+    attention other than sdpa/eager, or a layout ``grouped_rollout_layout`` declines)."""
+    parts, kind = split_head(model), attention_kind(model)
+    if parts is None or kind not in ("sdpa", "eager"):
+        return None
+    layout = grouped_rollout_layout(query_responses, attention_mask, context_length, k)
+    if layout is None:
+        return None
+    body, head = parts
+    hidden = body(
+        input_ids=layout.input_ids,
+        attention_mask=segment_attention_mask(layout.segments, kind),
+        position_ids=layout.position_ids,
+        use_cache=False,
+    ).last_hidden_state  # (G, W, H)
+    logits = head(hidden[layout.src])  # (N, V): completion positions only
+    if temperature != 1.0:
+        logits = logits / temperature
+    b, length = query_responses.shape[0], query_responses.shape[1] - context_length
+    out = logits.new_zeros(b, length, logits.shape[-1])
+    return out.index_put(layout.dst, logits)

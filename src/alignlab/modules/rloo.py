@@ -53,6 +53,7 @@ class RLOOModule(OnlineRLModule):
         if k < 1 or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"algo.k ({k}) must be >= 1 and algo.ema_decay ({ema_decay}) in [0, 1)")
         self.k, self.baseline, self.ema_decay = k, baseline, ema_decay
+        self.samples_per_prompt = k
         norm = {False: None, True: "batch", "none": None, "batch": "batch", "group": "group"}
         if normalize_advantages not in norm:
             raise ValueError(
@@ -128,12 +129,14 @@ class RLOOModule(OnlineRLModule):
 
     def policy_logprobs(self, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (b, L, V) and log-probs (b, L) of rollout rows ``sl`` under the policy, with gradient."""
+        whole_groups = sl.start % self.k == 0 and len(r.prompts[sl]) % self.k == 0
         logits, _ = forward_completion(
             self.policy,
             r.query_responses[sl],
             r.attention_mask[sl],
             r.context_length,
             self.sampling.temperature,
+            group=self.rollout_group if whole_groups else 1,
         )
         return logits, gather_logprobs(logits, r.responses[sl])
 

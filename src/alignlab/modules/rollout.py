@@ -16,7 +16,7 @@ import torch
 
 from alignlab.losses.rl import adaptive_kl_coef, kl_estimate, masked_mean
 from alignlab.models.generation import SamplingConfig, left_pad, sample
-from alignlab.models.logprobs import entropy_from_logits, gather_logprobs
+from alignlab.models.logprobs import entropy_from_logits, gather_logprobs, grouped_completion_logits
 from alignlab.models.peft import is_peft, reference_mode
 from alignlab.modules.base import PolicyModule
 from alignlab.rewards.base import NormalizedReward, RewardFunction
@@ -81,9 +81,20 @@ def forward_completion(
     context_length: int,
     temperature: float = 1.0,
     with_hidden: bool = False,
+    group: int = 1,
 ):
     """Logits (B, L, V) predicting each completion token, and optionally the hidden states (B, L, H)
-    of the positions that predict them. Position ids follow the left padding, as in generation."""
+    of the positions that predict them. Position ids follow the left padding, as in generation.
+
+    With ``group`` = k >= 2 (rows in groups of k samples of one prompt) and no hidden states, each prompt
+    runs once per group (``grouped_completion_logits``; logits past a completion's end are zeros) where
+    the model and layout allow it, else the plain forward below."""
+    if group > 1 and not with_hidden:
+        logits = grouped_completion_logits(
+            model, query_responses, attention_mask, context_length, group, temperature
+        )
+        if logits is not None:
+            return logits, None
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     length = query_responses.shape[1] - context_length
     out = model(
@@ -102,14 +113,27 @@ def forward_completion(
 
 
 def completion_logprobs(
-    model, query_responses, attention_mask, context_length, temperature=1.0, chunk: int | None = None
+    model,
+    query_responses,
+    attention_mask,
+    context_length,
+    temperature=1.0,
+    chunk: int | None = None,
+    group: int = 1,
 ) -> torch.Tensor:
-    """log pi(completion token) (B, L), in chunks of ``chunk`` sequences to bound the logits' memory."""
+    """log pi(completion token) (B, L), in chunks of ``chunk`` sequences to bound the logits' memory;
+    ``group``: see ``forward_completion`` (used when the chunks hold whole groups)."""
     chunk = chunk or query_responses.shape[0]
+    group = group if chunk % group == 0 else 1
     out = []
     for i in range(0, query_responses.shape[0], chunk):
         logits, _ = forward_completion(
-            model, query_responses[i : i + chunk], attention_mask[i : i + chunk], context_length, temperature
+            model,
+            query_responses[i : i + chunk],
+            attention_mask[i : i + chunk],
+            context_length,
+            temperature,
+            group=group,
         )
         out.append(gather_logprobs(logits, query_responses[i : i + chunk, context_length:]))
         del logits
@@ -142,6 +166,7 @@ class OnlineRLModule(PolicyModule):
         max_grad_norm: float | None = 1.0,
         forward_batch_size: int | None = None,
         fused_forward: bool = False,
+        share_prompt: bool = True,
         log_samples_every: int = 10,
         num_log_samples: int = 8,
     ):
@@ -173,6 +198,9 @@ class OnlineRLModule(PolicyModule):
                 forward: the same numbers, one forward fewer per batch. The update's forward then runs
                 over the whole batch at once (``forward_batch_size`` bounds only the no-grad passes).
                 Needs a dropout-free policy.
+            share_prompt: with k >= 2 samples per prompt (RLOO), run each prompt once per group of k in
+                the log-prob forwards (one row ``prompt | completion 1 | ... | completion k`` with a 4D
+                attention mask; the same numbers up to float rounding); false runs every sample's row.
             log_samples_every: write a samples table every this many rollout batches (0 = never).
             num_log_samples: rows per samples table.
         """
@@ -200,6 +228,7 @@ class OnlineRLModule(PolicyModule):
         self.max_grad_norm = max_grad_norm
         self.forward_batch_size = forward_batch_size
         self.fused_forward = fused_forward
+        self.share_prompt = share_prompt
         if fused_forward and has_dropout(policy):
             raise ValueError(
                 "algo.fused_forward=true needs a dropout-free policy (the update's forward then stands in "
@@ -211,14 +240,21 @@ class OnlineRLModule(PolicyModule):
         self.ref_policy = None if is_peft(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
         self.iteration = 0  # rollout batches done (trainer.global_step counts optimiser updates)
 
+    samples_per_prompt = 1  # RLOO: k consecutive rollout rows share a prompt
+
+    @property
+    def rollout_group(self) -> int:
+        """Rows per prompt group the log-prob forwards may share a prompt across (1 = no sharing)."""
+        return self.samples_per_prompt if self.share_prompt else 1
+
     # -- rollouts ------------------------------------------------------------------------------------
-    def reference_logprobs(self, qr, mask, ctx, temperature: float) -> torch.Tensor:
+    def reference_logprobs(self, qr, mask, ctx, temperature: float, group: int = 1) -> torch.Tensor:
         """log pi_ref of the completion tokens: the frozen copy, or the policy with its adapter disabled."""
         # peft re-marks inactive adapters as frozen when the adapter is switched back on: keep the flags
         flags = [(p, p.requires_grad) for p in self.policy.parameters()]
         try:
             with reference_mode(self.policy if self.ref_policy is None else self.ref_policy) as ref:
-                return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size)
+                return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size, group)
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
@@ -255,11 +291,20 @@ class OnlineRLModule(PolicyModule):
         if policy_logprobs:
             logprobs = (
                 completion_logprobs(
-                    self.policy, qr, attn, ctx, self.sampling.temperature, self.forward_batch_size
+                    self.policy,
+                    qr,
+                    attn,
+                    ctx,
+                    self.sampling.temperature,
+                    self.forward_batch_size,
+                    self.rollout_group,
                 )
                 * response_mask
             )
-        ref_logprobs = self.reference_logprobs(qr, attn, ctx, self.sampling.temperature) * response_mask
+        ref_logprobs = (
+            self.reference_logprobs(qr, attn, ctx, self.sampling.temperature, self.rollout_group)
+            * response_mask
+        )
         self.policy.train()
         if logprobs is not None:
             kl = kl_estimate(logprobs, ref_logprobs, self.kl_estimator) * response_mask
