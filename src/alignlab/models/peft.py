@@ -83,3 +83,71 @@ def reference_mode(model):
 def trainable_state_dict(model) -> dict[str, torch.Tensor]:
     """Only the parameters that train (the adapter under LoRA): what a checkpoint needs."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _plain_lora_layers(model) -> list | None:
+    """``(layer, adapter)`` for each peft LoRA layer of ``model`` with an active, unmerged plain weight
+    adapter, or None when anything is not foldable into the base weight exactly: the adapter off or
+    merged, several active adapters, DoRA or another LoRA variant, a LoRA bias, embedding or conv LoRA,
+    a quantized or sharded base weight, or modules_to_save / trainable tokens (which disabling the
+    adapter would switch off too)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import AuxiliaryTrainingWrapper
+    from transformers.pytorch_utils import Conv1D
+
+    layers = []
+    for m in model.modules():
+        if isinstance(m, AuxiliaryTrainingWrapper):
+            return None
+        if not isinstance(m, BaseTunerLayer):
+            continue
+        if type(m) is not LoraLinear or m.merged or m.disable_adapters or len(m.active_adapters) != 1:
+            return None
+        name = m.active_adapters[0]
+        if name not in m.lora_A:  # no update here for the active adapter
+            continue
+        if name in m.lora_variant or m.use_dora.get(name, False) or m.lora_bias.get(name, False):
+            return None
+        base = m.get_base_layer()
+        w = getattr(base, "weight", None)
+        if not isinstance(base, (torch.nn.Linear, Conv1D)) or type(w) is not torch.nn.Parameter:
+            return None
+        if type(w.data) is not torch.Tensor or not w.is_floating_point() or w.is_meta:
+            return None
+        layers.append((m, name))
+    return layers or None
+
+
+@contextlib.contextmanager
+def merged_adapter(model):
+    """Run a LoRA ``model`` as its adapted policy with plain weights, for sampling under ``torch.no_grad``:
+    each adapted base weight is temporarily replaced by a fresh ``W + delta`` (the layer's own
+    ``get_delta_weight``) and the adapter is disabled, so decoding skips the per-layer adapter calls.
+
+    Memory: one extra copy of the adapted weights while inside, freed on exit. On exit (also on an
+    exception) the original weight parameters are put back (the same tensors, bit-identical: nothing is
+    merged in place), the adapter is on again and every ``requires_grad`` flag is as before. Yields the
+    model unchanged (adapter path) when it is not a peft model, grad is enabled, or a layer cannot be
+    folded exactly (see ``_plain_lora_layers``). With lora dropout in training mode the merged model
+    samples without that dropout."""
+    layers = _plain_lora_layers(model) if is_peft(model) and not torch.is_grad_enabled() else None
+    if layers is None:
+        yield model
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    originals = []
+    try:
+        for layer, name in layers:
+            base = layer.get_base_layer()
+            w = base.weight
+            originals.append((base, w))
+            merged = (w + layer.get_delta_weight(name)).to(w.dtype)
+            base.weight = torch.nn.Parameter(merged, requires_grad=False)
+        with model.disable_adapter():
+            yield model
+    finally:
+        for base, w in originals:
+            base.weight = w
+        for p, flag in flags:
+            p.requires_grad_(flag)
