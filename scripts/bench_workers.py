@@ -121,6 +121,34 @@ class GenerateCounter:
         model.generate = generate
 
 
+class SampleCounter:
+    """Wraps alignlab's rollout sampler (``alignlab.modules.rollout.sample``): decoded positions and the
+    seconds of the whole call, so anything alignlab does around ``generate`` (merging the adapter for
+    sampling, cutting at EOS, decoding the texts) counts as rollout time. Stricter than
+    ``GenerateCounter``, which times ``generate`` alone (TRL's side)."""
+
+    def __init__(self):
+        import alignlab.modules.rollout as rollout
+
+        self.tokens, self.seconds, self.calls = 0, 0.0, 0
+        self._module, self._inner = rollout, rollout.sample
+
+        def sample(*args, **kwargs):
+            _sync()
+            t = time.perf_counter()
+            gen = self._inner(*args, **kwargs)
+            _sync()
+            self.seconds += time.perf_counter() - t
+            self.tokens += int(gen.completion_ids.numel())
+            self.calls += 1
+            return gen
+
+        rollout.sample = sample
+
+    def close(self) -> None:
+        self._module.sample = self._inner
+
+
 # -- shared set-up --------------------------------------------------------------------------------------
 def compose(overrides: list[str]):
     from hydra import compose as hcompose
@@ -451,6 +479,7 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
         f"algo.kl_coef={s['kl_coef']}",
         "algo.log_samples_every=0",
         f"++algo.fused_forward={str(s.get('fused_forward', False)).lower()}",
+        f"++algo.merged_sampling={str(s.get('merged_sampling', False)).lower()}",
         f"algo.optimizer.lr={s['lr']}",
         "trainer.max_steps=1000000",
         "trainer.gradient_clip_val=null",
@@ -471,27 +500,13 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
     reward_fn = reward_function(s)
     before, _ = evaluate(policy, lm.tokenizer, s, reward_fn)
     del lm, policy
-    counter = {}
-
-    orig_fit = None
-    import lightning as L
-
-    orig_fit = L.Trainer.fit
-
-    def fit(self, module, *a, **kw):  # wrap generate once the module (and its policy) exists
-        counter["c"] = GenerateCounter(module.policy)
-        return orig_fit(self, module, *a, **kw)
-
-    L.Trainer.fit = fit
+    c = SampleCounter()
     try:
         _, objs = run_alignlab(ov, clock)
     finally:
-        L.Trainer.fit = orig_fit
+        c.close()
     module = objs["module"]
-    c = counter["c"]
-    gen_tokens, gen_seconds = c.tokens, c.seconds
-    after = evaluate(module.policy, module.tokenizer, s, reward_fn)
-    c.tokens, c.seconds = gen_tokens, gen_seconds  # the evaluation's samples are not rollouts
+    after = evaluate(module.policy, module.tokenizer, s, reward_fn)  # not counted: the counter is closed
     return rl_result(clock, c, before, after, s)
 
 

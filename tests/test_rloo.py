@@ -176,3 +176,15 @@ def test_rloo_shared_prompt_matches_per_row_forward(tmp_path, monkeypatch, fused
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5), key
     for n, p in params.items():
         torch.testing.assert_close(p, ref_params[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_rloo_merged_sampling_trains_the_same(tmp_path):
+    """algo.merged_sampling decodes with the adapter folded into the weights: the same rollouts (same
+    seed, logits equal up to float rounding), hence the same training, and the base weights untouched."""
+    ref_params, ref_rows = _fit_rloo(tmp_path / "adapter", True, "lora", ["algo.merged_sampling=false"])
+    params, rows = _fit_rloo(tmp_path / "merged", True, "lora", ["algo.merged_sampling=true"])
+    for key in ("objective/score", "objective/kl", "policy/seq_logprob", "completion/length"):
+        got, want = [float(r[key]) for r in rows], [float(r[key]) for r in ref_rows]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), key
+    for n, p in params.items():
+        torch.testing.assert_close(p, ref_params[n], rtol=1e-4, atol=1e-5, msg=n)

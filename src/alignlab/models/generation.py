@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +47,20 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
 
 @torch.no_grad()
 def sample(
-    model, tokenizer, prompt_ids: list[list[int]], cfg: SamplingConfig, generator_seed: int | None = None
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    cfg: SamplingConfig,
+    generator_seed: int | None = None,
+    merge_adapter: bool = False,
 ) -> Generation:
-    """Sample one completion per prompt. Completion ids are cut at (and include) the first EOS."""
+    """Sample one completion per prompt. Completion ids are cut at (and include) the first EOS.
+
+    ``merge_adapter``: decode a LoRA policy with its adapter folded into a temporary copy of the adapted
+    weights (``alignlab.models.peft.merged_adapter``): the same policy without the per-layer adapter
+    calls, at the memory of one extra copy of those weights while sampling."""
+    from alignlab.models.peft import merged_adapter
+
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
     was_training = model.training
@@ -65,7 +77,8 @@ def sample(
     )
     if not greedy:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
-    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    with merged_adapter(model) if merge_adapter else contextlib.nullcontext():
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     if was_training:
         model.train()
     completion = out[:, ids.shape[1] :]  # (B, L)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -119,35 +120,55 @@ def _plain_lora_layers(model) -> list | None:
     return layers or None
 
 
+# folded weights, one buffer per adapted base layer, reused by every sampling call: allocating them afresh
+# each call cost several times the fold itself on CPU (SmolLM2-135M: 0.77 s vs 0.13 s per call)
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fold(layer, name: str) -> torch.Tensor:
+    """``W + scale * B A`` of one LoRA layer (in the base weight's layout and dtype), in its buffer."""
+    w = layer.get_base_layer().weight
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # (r, in), (out, r)
+    if layer.fan_in_fan_out:  # GPT-2 Conv1D stores (in, out): the update is (B A)^T = A^T B^T
+        a, b = b.T, a.T
+    buf = _FOLDED.get(layer)
+    if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+        buf = _FOLDED[layer] = torch.empty_like(w, requires_grad=False)
+    return torch.addmm(w.detach(), b.to(w.dtype), a.to(w.dtype), alpha=layer.scaling[name], out=buf)
+
+
 @contextlib.contextmanager
 def merged_adapter(model):
     """Run a LoRA ``model`` as its adapted policy with plain weights, for sampling under ``torch.no_grad``:
-    each adapted base weight is temporarily replaced by a fresh ``W + delta`` (the layer's own
-    ``get_delta_weight``) and the adapter is disabled, so decoding skips the per-layer adapter calls.
+    each LoRA wrapper is swapped out of its parent for its base layer, holding ``W + scale * B A`` as a
+    frozen parameter, so decoding skips the per-layer adapter calls (and the wrappers' own overhead).
 
-    Memory: one extra copy of the adapted weights while inside, freed on exit. On exit (also on an
-    exception) the original weight parameters are put back (the same tensors, bit-identical: nothing is
-    merged in place), the adapter is on again and every ``requires_grad`` flag is as before. Yields the
-    model unchanged (adapter path) when it is not a peft model, grad is enabled, or a layer cannot be
-    folded exactly (see ``_plain_lora_layers``). With lora dropout in training mode the merged model
-    samples without that dropout."""
+    Memory: the folded weights live in buffers kept for the model's lifetime (one extra copy of the
+    adapted weights, about the size of the model's linear layers), because allocating them afresh each
+    call cost more than the adapter calls it saves. On exit (also on an exception) the wrappers and the
+    original weight parameters are put back (the same tensors, bit-identical: nothing is merged in
+    place) and every ``requires_grad`` flag is as before. Yields the model unchanged (adapter path) when it
+    is not a peft model, grad is enabled, or a layer cannot be folded exactly (see
+    ``_plain_lora_layers``). With lora dropout in training mode the merged model samples without that
+    dropout."""
     layers = _plain_lora_layers(model) if is_peft(model) and not torch.is_grad_enabled() else None
     if layers is None:
         yield model
         return
+    parent_of = {id(c): (m, attr) for m in model.modules() for attr, c in m.named_children()}
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    originals = []
+    swapped = []
     try:
         for layer, name in layers:
             base = layer.get_base_layer()
-            w = base.weight
-            originals.append((base, w))
-            merged = (w + layer.get_delta_weight(name)).to(w.dtype)
-            base.weight = torch.nn.Parameter(merged, requires_grad=False)
-        with model.disable_adapter():
-            yield model
+            parent, attr = parent_of[id(layer)]
+            swapped.append((parent, attr, layer, base, base.weight))
+            base.weight = torch.nn.Parameter(_fold(layer, name), requires_grad=False)
+            setattr(parent, attr, base)
+        yield model
     finally:
-        for base, w in originals:
-            base.weight = w
+        for parent, attr, layer, base, weight in reversed(swapped):
+            base.weight = weight
+            setattr(parent, attr, layer)
         for p, flag in flags:
             p.requires_grad_(flag)
