@@ -49,7 +49,6 @@ SIZES = {
             "ppo_epochs": 1,
             "num_minibatches": 1,
             "fused_forward": True,
-            "merged_sampling": True,
             "n_eval_prompts": 16,
         },
     },
@@ -74,7 +73,6 @@ SIZES = {
             "ppo_epochs": 1,
             "num_minibatches": 1,
             "fused_forward": True,  # exact: one update per batch, so pi_old = the update's own forward
-            "merged_sampling": True,  # decode with the adapter folded into a weight copy (exact sampler)
             "n_eval_prompts": 64,  # held-out prompts scored after training (VADER's SE ~0.4 / sqrt(n))
         },
     },

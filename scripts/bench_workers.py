@@ -123,8 +123,8 @@ class GenerateCounter:
 
 class SampleCounter:
     """Wraps alignlab's rollout sampler (``alignlab.modules.rollout.sample``): decoded positions and the
-    seconds of the whole call, so anything alignlab does around ``generate`` (merging the adapter for
-    sampling, cutting at EOS, decoding the texts) counts as rollout time. Stricter than
+    seconds of the whole call, so anything alignlab does around ``generate`` (swapping in lean LoRA
+    layers, cutting at EOS, decoding the texts) counts as rollout time. Stricter than
     ``GenerateCounter``, which times ``generate`` alone (TRL's side)."""
 
     def __init__(self):
@@ -479,7 +479,6 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
         f"algo.kl_coef={s['kl_coef']}",
         "algo.log_samples_every=0",
         f"++algo.fused_forward={str(s.get('fused_forward', False)).lower()}",
-        f"++algo.merged_sampling={str(s.get('merged_sampling', False)).lower()}",
         f"algo.optimizer.lr={s['lr']}",
         "trainer.max_steps=1000000",
         "trainer.gradient_clip_val=null",

@@ -178,11 +178,23 @@ def test_rloo_shared_prompt_matches_per_row_forward(tmp_path, monkeypatch, fused
         torch.testing.assert_close(p, ref_params[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_rloo_merged_sampling_trains_the_same(tmp_path):
-    """algo.merged_sampling decodes with the adapter folded into the weights: the same rollouts (same
-    seed, logits equal up to float rounding), hence the same training, and the base weights untouched."""
-    ref_params, ref_rows = _fit_rloo(tmp_path / "adapter", True, "lora", ["algo.merged_sampling=false"])
-    params, rows = _fit_rloo(tmp_path / "merged", True, "lora", ["algo.merged_sampling=true"])
+def test_rloo_lean_lora_sampling_trains_the_same(tmp_path, monkeypatch):
+    """algo.lean_lora_sampling decodes through minimal LoRA modules instead of peft's wrappers: the same
+    rollouts (same seed, same function), hence the same training."""
+    import alignlab.models.peft as peft_mod
+
+    swaps = {"n": 0}
+    inner = peft_mod._LeanLoraLinear.__init__
+
+    def counting(self, *a, **kw):
+        swaps["n"] += 1
+        inner(self, *a, **kw)
+
+    monkeypatch.setattr(peft_mod._LeanLoraLinear, "__init__", counting)
+    ref_params, ref_rows = _fit_rloo(tmp_path / "peft", True, "lora", ["algo.lean_lora_sampling=false"])
+    assert swaps["n"] == 0
+    params, rows = _fit_rloo(tmp_path / "lean", True, "lora", ["algo.lean_lora_sampling=true"])
+    assert swaps["n"] > 0  # the lean path was taken
     for key in ("objective/score", "objective/kl", "policy/seq_logprob", "completion/length"):
         got, want = [float(r[key]) for r in rows], [float(r[key]) for r in ref_rows]
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5), key

@@ -45,6 +45,34 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
+def shared_prompt_cache(model, prompt_ids: list[list[int]], ids, mask, group: int):
+    """A KV cache of the left-padded prompts ``ids`` (B, P) without their last column, computed on one row
+    per run of ``group`` identical prompts and repeated for the run's rows, for ``generate`` to continue
+    from (it then feeds only the last prompt token and samples). None where that does not apply: no
+    runs of identical prompts, one-token prompts, or a model without the dynamic cache."""
+    from transformers import DynamicCache
+
+    b = len(prompt_ids)
+    if group < 2 or b % group or ids.shape[1] < 2:
+        return None
+    if any(prompt_ids[i] != prompt_ids[i - i % group] for i in range(b)):
+        return None
+    if not getattr(model, "_supports_cache_class", True) or not hasattr(model, "generate"):
+        return None
+    head_ids, head_mask = ids[::group, :-1], mask[::group, :-1]
+    cache = DynamicCache()
+    model(
+        input_ids=head_ids,
+        attention_mask=head_mask,
+        position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(group)
+    return cache
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -52,14 +80,17 @@ def sample(
     prompt_ids: list[list[int]],
     cfg: SamplingConfig,
     generator_seed: int | None = None,
-    merge_adapter: bool = False,
+    lean_lora: bool = False,
+    group: int = 1,
 ) -> Generation:
     """Sample one completion per prompt. Completion ids are cut at (and include) the first EOS.
 
-    ``merge_adapter``: decode a LoRA policy with its adapter folded into a temporary copy of the adapted
-    weights (``alignlab.models.peft.merged_adapter``): the same policy without the per-layer adapter
-    calls, at the memory of one extra copy of those weights while sampling."""
-    from alignlab.models.peft import merged_adapter
+    ``lean_lora``: decode a LoRA policy with peft's wrappers swapped for minimal modules computing the
+    same function (``alignlab.models.peft.lean_adapter``; faster decoding, no extra memory).
+    ``group``: the prompts come in runs of this many identical ones (RLOO's k samples per prompt); each
+    run's prompt is then encoded once and its KV cache repeated for the run's rows
+    (``shared_prompt_cache``), instead of encoding it ``group`` times."""
+    from alignlab.models.peft import lean_adapter
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
@@ -77,7 +108,10 @@ def sample(
     )
     if not greedy:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
-    with merged_adapter(model) if merge_adapter else contextlib.nullcontext():
+    with lean_adapter(model) if lean_lora else contextlib.nullcontext():
+        cache = shared_prompt_cache(model, prompt_ids, ids, mask, group)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     if was_training:
         model.train()

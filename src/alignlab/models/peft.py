@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 # Sensible per-architecture targets: attention and MLP projections.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -120,55 +120,49 @@ def _plain_lora_layers(model) -> list | None:
     return layers or None
 
 
-# folded weights, one buffer per adapted base layer, reused by every sampling call: allocating them afresh
-# each call cost several times the fold itself on CPU (SmolLM2-135M: 0.77 s vs 0.13 s per call)
-_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class _LeanLoraLinear(torch.nn.Module):
+    """One LoRA linear layer without peft's wrapper: ``base(x) + scale * B(A(x))``, the same operations
+    on the same parameters (LoRA dropout is the identity in eval mode), as direct ``F.linear`` calls."""
 
+    def __init__(self, base: torch.nn.Module, a: torch.nn.Linear, b: torch.nn.Linear, scale: float):
+        super().__init__()
+        self.base, self.scale = base, scale
+        self.a_weight, self.b_weight = a.weight, b.weight
+        plain = type(base) is torch.nn.Linear
+        self.weight, self.bias = (base.weight, base.bias) if plain else (None, None)
 
-def _fold(layer, name: str) -> torch.Tensor:
-    """``W + scale * B A`` of one LoRA layer (in the base weight's layout and dtype), in its buffer."""
-    w = layer.get_base_layer().weight
-    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # (r, in), (out, r)
-    if layer.fan_in_fan_out:  # GPT-2 Conv1D stores (in, out): the update is (B A)^T = A^T B^T
-        a, b = b.T, a.T
-    buf = _FOLDED.get(layer)
-    if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
-        buf = _FOLDED[layer] = torch.empty_like(w, requires_grad=False)
-    return torch.addmm(w.detach(), b.to(w.dtype), a.to(w.dtype), alpha=layer.scaling[name], out=buf)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias) if self.weight is not None else self.base(x)
+        low_rank = F.linear(F.linear(x.to(self.a_weight.dtype), self.a_weight), self.b_weight)
+        return y + (low_rank * self.scale).to(y.dtype)
 
 
 @contextlib.contextmanager
-def merged_adapter(model):
-    """Run a LoRA ``model`` as its adapted policy with plain weights, for sampling under ``torch.no_grad``:
-    each LoRA wrapper is swapped out of its parent for its base layer, holding ``W + scale * B A`` as a
-    frozen parameter, so decoding skips the per-layer adapter calls (and the wrappers' own overhead).
+def lean_adapter(model):
+    """Run a LoRA ``model`` with each peft LoRA wrapper swapped out of its parent for a minimal module
+    computing ``base(x) + scale * B(A(x))``, for sampling under ``torch.no_grad``: the same function on
+    the same parameters, without the wrapper's per-call bookkeeping, which dominates a decoding step on
+    small batches (SmolLM2-135M, 8 x 16 tokens, one CPU thread: 2.80 s vs 3.16 s; folding the adapter
+    into a weight copy instead gave 2.91 s at the memory of that copy). No extra memory.
 
-    Memory: the folded weights live in buffers kept for the model's lifetime (one extra copy of the
-    adapted weights, about the size of the model's linear layers), because allocating them afresh each
-    call cost more than the adapter calls it saves. On exit (also on an exception) the wrappers and the
-    original weight parameters are put back (the same tensors, bit-identical: nothing is merged in
-    place) and every ``requires_grad`` flag is as before. Yields the model unchanged (adapter path) when it
-    is not a peft model, grad is enabled, or a layer cannot be folded exactly (see
-    ``_plain_lora_layers``). With lora dropout in training mode the merged model samples without that
-    dropout."""
+    On exit (also on an exception) the wrappers are put back. Yields the model unchanged (adapter path)
+    when it is not a peft model, grad is enabled, or a layer is not a plain LoRA linear (see
+    ``_plain_lora_layers``)."""
     layers = _plain_lora_layers(model) if is_peft(model) and not torch.is_grad_enabled() else None
     if layers is None:
         yield model
         return
     parent_of = {id(c): (m, attr) for m in model.modules() for attr, c in m.named_children()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     swapped = []
     try:
         for layer, name in layers:
-            base = layer.get_base_layer()
             parent, attr = parent_of[id(layer)]
-            swapped.append((parent, attr, layer, base, base.weight))
-            base.weight = torch.nn.Parameter(_fold(layer, name), requires_grad=False)
-            setattr(parent, attr, base)
+            lean = _LeanLoraLinear(
+                layer.get_base_layer(), layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
+            )
+            swapped.append((parent, attr, layer))
+            setattr(parent, attr, lean)
         yield model
     finally:
-        for parent, attr, layer, base, weight in reversed(swapped):
-            base.weight = weight
+        for parent, attr, layer in reversed(swapped):
             setattr(parent, attr, layer)
-        for p, flag in flags:
-            p.requires_grad_(flag)

@@ -167,7 +167,7 @@ class OnlineRLModule(PolicyModule):
         forward_batch_size: int | None = None,
         fused_forward: bool = False,
         share_prompt: bool = True,
-        merged_sampling: bool = False,
+        lean_lora_sampling: bool = True,
         log_samples_every: int = 10,
         num_log_samples: int = 8,
     ):
@@ -199,14 +199,13 @@ class OnlineRLModule(PolicyModule):
                 forward: the same numbers, one forward fewer per batch. The update's forward then runs
                 over the whole batch at once (``forward_batch_size`` bounds only the no-grad passes).
                 Needs a dropout-free policy.
-            share_prompt: with k >= 2 samples per prompt (RLOO), run each prompt once per group of k in
-                the log-prob forwards (one row ``prompt | completion 1 | ... | completion k`` with a 4D
-                attention mask; the same numbers up to float rounding); false runs every sample's row.
-            merged_sampling: sample rollouts (and validation completions) from a LoRA policy with the
-                adapter folded into a temporary copy of the adapted weights: faster decoding (no adapter
-                calls per layer and token) for one extra copy of those weights in memory while sampling;
-                the log-probs are still computed with the adapter, so training is unchanged up to float
-                rounding of the sampler's logits.
+            share_prompt: with k >= 2 samples per prompt (RLOO), run each prompt once per group of k:
+                when sampling (the prompt's KV cache computed once and repeated) and in the log-prob
+                forwards (one row ``prompt | completion 1 | ... | completion k`` with a 4D attention
+                mask); the same numbers up to float rounding. False runs every sample's row.
+            lean_lora_sampling: sample rollouts (and validation completions) from a LoRA policy with peft's
+                wrappers swapped for minimal modules computing the same function (faster decoding, no
+                extra memory; ``alignlab.models.peft.lean_adapter``); false samples through peft.
             log_samples_every: write a samples table every this many rollout batches (0 = never).
             num_log_samples: rows per samples table.
         """
@@ -235,7 +234,7 @@ class OnlineRLModule(PolicyModule):
         self.forward_batch_size = forward_batch_size
         self.fused_forward = fused_forward
         self.share_prompt = share_prompt
-        self.merged_sampling = merged_sampling
+        self.lean_lora_sampling = lean_lora_sampling
         if fused_forward and has_dropout(policy):
             raise ValueError(
                 "algo.fused_forward=true needs a dropout-free policy (the update's forward then stands in "
@@ -278,7 +277,12 @@ class OnlineRLModule(PolicyModule):
         self.reward_fn.to(self.device)
         # 1. sample completions (batched, KV cache, no gradient)
         gen = sample(
-            self.policy, self.tokenizer, prompt_ids, self.sampling, merge_adapter=self.merged_sampling
+            self.policy,
+            self.tokenizer,
+            prompt_ids,
+            self.sampling,
+            lean_lora=self.lean_lora_sampling,
+            group=self.rollout_group,
         )
         ctx_ids, ctx_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, self.device)
         responses = gen.completion_ids.to(self.device)
@@ -434,7 +438,7 @@ class OnlineRLModule(PolicyModule):
                 self.tokenizer,
                 batch["prompt_ids"],
                 self.val_sampling,
-                merge_adapter=self.merged_sampling,
+                lean_lora=self.lean_lora_sampling,
             )
         ctx_ids, ctx_mask = left_pad(batch["prompt_ids"], self.tokenizer.pad_token_id, self.device)
         cmask = gen.completion_mask.to(self.device)

@@ -1,7 +1,7 @@
-"""merged_adapter samples a LoRA policy with the adapter folded into temporary plain weights: inside, the
+"""lean_adapter samples a LoRA policy through minimal modules instead of peft's wrappers: inside, the
 logits and greedy tokens are the adapter path's (GPT-2 Conv1D with fan_in_fan_out, Llama); on exit,
-normal or by exception, the base weights are the same bit-identical tensors, the adapter is on again and
-requires_grad flags are as before; what it cannot fold runs unchanged."""
+normal or by exception, the wrappers are back, the parameters the same bit-identical tensors with their
+requires_grad flags; what it cannot handle runs unchanged."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from alignlab.models import LoraSpec, apply_peft
-from alignlab.models.peft import merged_adapter
+from alignlab.models.peft import _LeanLoraLinear, lean_adapter
 from test_logprobs import VOCAB, tiny_model
 
 ARCHS = ["gpt2", "llama"]
@@ -62,20 +62,21 @@ def assert_restored(model, before: dict, on: torch.Tensor, ids) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_inside_equals_adapter_path_and_exit_restores(arch):
     model, ids = lora_model(arch), batch()
-    before = snapshot(model)
+    before, wrappers = snapshot(model), lora_layers(model)
     with torch.no_grad():
         on = logits(model, ids)
         with model.disable_adapter():
             off = logits(model, ids)
-        with merged_adapter(model) as m:
+        with lean_adapter(model) as m:
             assert m is model
-            assert all(layer.disable_adapters for layer in lora_layers(model))  # the merged path is taken
-            originals = {id(p) for p, *_ in before.values()}
-            assert not any(id(layer.get_base_layer().weight) in originals for layer in lora_layers(model))
+            assert not lora_layers(model)  # every wrapper swapped out
+            n_lean = sum(isinstance(x, _LeanLoraLinear) for x in model.modules())
+            assert n_lean == len(wrappers)
             inside = logits(model, ids)
-    torch.testing.assert_close(inside, on, rtol=0, atol=1e-5)
+    torch.testing.assert_close(inside, on, rtol=0, atol=1e-6)
     assert (inside - off).abs().max() > 1e-2  # the adapter matters, so the comparison can fail
     assert_restored(model, before, on, ids)
+    assert lora_layers(model) == wrappers  # the same wrapper objects, back in place
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -84,8 +85,8 @@ def test_exception_inside_restores(arch):
     before = snapshot(model)
     with torch.no_grad():
         on = logits(model, ids)
-    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), merged_adapter(model):
-        assert all(layer.disable_adapters for layer in lora_layers(model))
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), lean_adapter(model):
+        assert not lora_layers(model)
         raise RuntimeError("boom")
     assert_restored(model, before, on, ids)
 
@@ -96,7 +97,7 @@ def test_greedy_generate_matches_adapter_path(arch):
     kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         want = model.generate(input_ids=ids, **kw)
-        with merged_adapter(model):
+        with lean_adapter(model):
             got = model.generate(input_ids=ids, **kw)
         with model.disable_adapter():
             base = model.generate(input_ids=ids, **kw)
@@ -110,7 +111,7 @@ def test_non_peft_model_is_unchanged():
     before = snapshot(model)
     with torch.no_grad():
         want = logits(model, ids)
-        with merged_adapter(model) as m:
+        with lean_adapter(model) as m:
             assert m is model
             assert torch.equal(logits(model, ids), want)
     for n, p in model.named_parameters():
@@ -144,24 +145,38 @@ def test_fallbacks_run_the_adapter_path_unchanged(case):
         with torch.no_grad():
             want = logits(model, ids)
         disabled = [layer.disable_adapters for layer in lora_layers(model)]
-        with merged_adapter(model) as m:
+        with lean_adapter(model) as m:
             assert m is model
             assert [layer.disable_adapters for layer in lora_layers(model)] == disabled
-            assert all(p is before[n][0] for n, p in model.named_parameters())  # no weight swapped
+            assert not any(isinstance(x, _LeanLoraLinear) for x in model.modules())  # nothing swapped
             assert torch.equal(logits(model, ids).detach(), want)
     for n, p in model.named_parameters():
         assert p is before[n][0] and p.data_ptr() == before[n][1] and torch.equal(p, before[n][2])
         assert p.requires_grad == before[n][3]
 
 
-def test_frozen_lora_parameters_stay_frozen():
-    """peft's disable_adapter marks the adapter trainable again on exit; a frozen LoRA A must stay frozen."""
-    model = lora_model("llama")
-    for n, p in model.named_parameters():
-        if "lora_A" in n:
-            p.requires_grad_(False)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    assert any(flags.values()) and not all(flags.values())
-    with torch.no_grad(), merged_adapter(model):
-        pass
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prompt_cache_samples_the_same_tokens(arch):
+    """Runs of identical prompts: each prompt encoded once, its KV cache repeated for the run's rows; the
+    same seeded samples as encoding every row (left padding, prompts of different lengths)."""
+    from alignlab.models.generation import SamplingConfig, left_pad, sample, shared_prompt_cache
+
+    class Tok:  # what sample() needs of a tokenizer
+        pad_token_id, eos_token_id = 0, 5
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = lora_model(arch)
+    prompts = [[7, 8, 9, 10, 11], [12, 13, 14]]
+    rows = [p for p in prompts for _ in range(3)]
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    want = sample(model, Tok(), rows, cfg, generator_seed=0)
+    got = sample(model, Tok(), rows, cfg, generator_seed=0, group=3, lean_lora=True)
+    assert torch.equal(got.completion_ids, want.completion_ids) and got.texts == want.texts
+    assert len(set(map(tuple, want.completion_ids.tolist()))) > 2  # the samples differ within a prompt
+    ids, mask = left_pad(rows, 0)
+    cache = shared_prompt_cache(model, rows, ids, mask, 3)
+    assert cache is not None and cache.get_seq_length() == ids.shape[1] - 1
+    assert shared_prompt_cache(model, rows, ids, mask, 2) is None  # 6 rows, but runs of 2 differ
+    assert shared_prompt_cache(model, rows[:4], ids[:4], mask[:4], 3) is None  # not whole runs
