@@ -180,3 +180,12 @@ def test_shared_prompt_cache_samples_the_same_tokens(arch):
     assert cache is not None and cache.get_seq_length() == ids.shape[1] - 1
     assert shared_prompt_cache(model, rows, ids, mask, 2) is None  # 6 rows, but runs of 2 differ
     assert shared_prompt_cache(model, rows[:4], ids[:4], mask[:4], 3) is None  # not whole runs
+
+
+def test_active_lora_dropout_keeps_the_adapter_path():
+    model = apply_peft(tiny_model("llama"), LoraSpec(r=4, alpha=8, dropout=0.5)).train()
+    with torch.no_grad(), lean_adapter(model):
+        assert lora_layers(model)  # nothing swapped: peft's wrapper applies the dropout
+    model.eval()
+    with torch.no_grad(), lean_adapter(model):
+        assert not lora_layers(model)  # eval mode: dropout is the identity, the lean path applies
