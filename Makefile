@@ -68,7 +68,8 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench.py --size tiny --repeats 2 --warmup-runs 0
 	$(BIN)/python scripts/bench.py --size tiny --scaling
 	$(BIN)/python scripts/bench.py --size smollm2 --cases dpo,reward --repeats 2 --warmup-runs 0
-	$(BIN)/python scripts/bench.py --size smollm2 --cases rl --repeats 3 --warmup-runs 0
+	$(BIN)/python scripts/bench.py --size smollm2 --cases rl --repeats 5 --warmup-runs 0
+	$(BIN)/python scripts/bench_rollout.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

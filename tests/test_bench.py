@@ -152,3 +152,17 @@ def test_rl_rounds_get_their_own_seed_and_report_the_standard_error(monkeypatch,
     assert "0.35 ± 0.05 | 0.2 ± 0.06 | +0.150" in bench.markdown({"cases": rows})
     settings = bench.case_settings("rl", "smollm2", paths)
     assert settings["fused_forward"] is True and settings["n_eval_prompts"] == 64
+
+
+def test_rollout_ab_writes_alternating_rates(tmp_path):
+    """scripts/bench_rollout.py on the tiny model: both samplers measured in every round, the ratio is the
+    median of the per-round ratios, within their range."""
+    import bench_rollout
+
+    out = tmp_path / "rollout.json"
+    assert bench_rollout.main(["--model", "tiny", "--rounds", "3", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["case"] == "rollout_sampling/tiny" and res["metric"] == "rollout_tokens_per_s"
+    assert res["alignlab"] > 0 and res["trl"] > 0
+    assert res["ratio_min"] <= res["ratio"] <= res["ratio_max"]
+    assert res["settings"]["rounds"] == 3 and res["settings"]["k"] == 4
