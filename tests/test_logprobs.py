@@ -296,6 +296,7 @@ def test_grouped_rollout_layout_declines_what_it_cannot_share():
     # prompt 4 + completions 5 + 1 + 8 = 18; prompt 7 + 3 + 8 + 6 = 24: no padding between completions
     assert layout.input_ids.shape[1] == 24 and (layout.segments[0] == -1).sum() == 6
     assert grouped_rollout_layout(qr, att, ctx, 1) is None  # nothing to share
+    assert grouped_rollout_layout(qr, att, ctx, 3, max_width=23) is None  # a row would be too wide
     assert grouped_rollout_layout(qr, att, ctx, 4) is None  # 6 rows are not groups of 4
     assert grouped_rollout_layout(qr, att, ctx, 2) is None  # rows 2 and 3 have different prompts
     holes = att.clone()

@@ -253,13 +253,22 @@ class GroupedRolloutLayout:
     dst: tuple[torch.Tensor, torch.Tensor]  # (N,) rollout row and completion column of that token
 
 
+# widest group row: attention over a row costs O(width^2) with the custom mask (no flash kernel), so
+# long completions times k cost more attention than the shared prompt saves in the linear layers
+MAX_GROUP_WIDTH = 1024
+
+
 def grouped_rollout_layout(
-    query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int, k: int
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    k: int,
+    max_width: int = MAX_GROUP_WIDTH,
 ) -> GroupedRolloutLayout | None:
     """Lay a rollout batch (left-padded prompt of width ``context_length``, right-padded completion) out
     with each prompt once per group of ``k`` consecutive rows, or None where that does not apply: k < 2,
-    rows not in groups of k with the same prompt, an empty prompt, or masks that are not one contiguous
-    prompt and one contiguous completion."""
+    rows not in groups of k with the same prompt, an empty prompt, masks that are not one contiguous
+    prompt and one contiguous completion, or a group row wider than ``max_width`` tokens."""
     b = query_responses.shape[0]
     if k < 2 or b % k or b == 0:
         return None
@@ -279,6 +288,8 @@ def grouped_rollout_layout(
         if any(not torch.equal(prompts[g * k], prompts[g * k + j]) for j in range(1, k)):
             return None
     width = max(plen[g * k] + sum(clen[g * k : (g + 1) * k]) for g in range(groups))
+    if width > max_width:
+        return None
     ids = torch.zeros(groups, width, dtype=torch.long)
     pos = torch.zeros(groups, width, dtype=torch.long)
     seg = torch.full((groups, width), -1, dtype=torch.long)

@@ -202,7 +202,8 @@ class OnlineRLModule(PolicyModule):
             share_prompt: with k >= 2 samples per prompt (RLOO), run each prompt once per group of k:
                 when sampling (the prompt's KV cache computed once and repeated) and in the log-prob
                 forwards (one row ``prompt | completion 1 | ... | completion k`` with a 4D attention
-                mask); the same numbers up to float rounding. False runs every sample's row.
+                mask, up to ``models.logprobs.MAX_GROUP_WIDTH`` tokens per row); the same numbers up to
+                float rounding. False runs every sample's row.
             lean_lora_sampling: sample rollouts (and validation completions) from a LoRA policy with peft's
                 wrappers swapped for minimal modules computing the same function (faster decoding, no
                 extra memory; ``alignlab.models.peft.lean_adapter``); false samples through peft.
@@ -250,7 +251,8 @@ class OnlineRLModule(PolicyModule):
 
     @property
     def rollout_group(self) -> int:
-        """Rows per prompt group the log-prob forwards may share a prompt across (1 = no sharing)."""
+        """Rows per prompt group that sampling and the log-prob forwards may share a prompt across
+        (1 = no sharing)."""
         return self.samples_per_prompt if self.share_prompt else 1
 
     # -- rollouts ------------------------------------------------------------------------------------
