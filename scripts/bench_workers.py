@@ -124,7 +124,7 @@ class GenerateCounter:
 class SampleCounter:
     """Wraps alignlab's rollout sampler (``alignlab.modules.rollout.sample``): decoded positions and the
     seconds of the whole call, so anything alignlab does around ``generate`` (swapping in lean LoRA
-    layers, cutting at EOS, decoding the texts) counts as rollout time. Stricter than
+    layers, encoding the shared prompts, cutting at EOS, decoding the texts) counts as rollout time. Stricter than
     ``GenerateCounter``, which times ``generate`` alone (TRL's side)."""
 
     def __init__(self):

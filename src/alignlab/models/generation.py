@@ -49,15 +49,13 @@ def shared_prompt_cache(model, prompt_ids: list[list[int]], ids, mask, group: in
     """A KV cache of the left-padded prompts ``ids`` (B, P) without their last column, computed on one row
     per run of ``group`` identical prompts and repeated for the run's rows, for ``generate`` to continue
     from (it then feeds only the last prompt token and samples). None where that does not apply: no
-    runs of identical prompts, one-token prompts, or a model without the dynamic cache."""
+    runs of identical prompts, or one-token prompts."""
     from transformers import DynamicCache
 
     b = len(prompt_ids)
     if group < 2 or b % group or ids.shape[1] < 2:
         return None
     if any(prompt_ids[i] != prompt_ids[i - i % group] for i in range(b)):
-        return None
-    if not getattr(model, "_supports_cache_class", True) or not hasattr(model, "generate"):
         return None
     head_ids, head_mask = ids[::group, :-1], mask[::group, :-1]
     cache = DynamicCache()
