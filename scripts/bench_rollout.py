@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "alignlab_runs": rates["alignlab"],
+        "trl_runs": rates["trl"],
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "threads": torch.get_num_threads(),
         "command": "python scripts/bench_rollout.py " + " ".join(sys.argv[1:]),

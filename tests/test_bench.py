@@ -163,6 +163,9 @@ def test_rollout_ab_writes_alternating_rates(tmp_path):
     assert bench_rollout.main(["--model", "tiny", "--rounds", "3", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["case"] == "rollout_sampling/tiny" and res["metric"] == "rollout_tokens_per_s"
-    assert res["alignlab"] > 0 and res["trl"] > 0
-    assert res["ratio_min"] <= res["ratio"] <= res["ratio_max"]
+    runs_a, runs_t = res["alignlab_runs"], res["trl_runs"]
+    assert len(runs_a) == len(runs_t) == 3 and min(runs_a + runs_t) > 0
+    ratios = sorted(a / t for a, t in zip(runs_a, runs_t))
+    assert res["ratio"] == pytest.approx(ratios[1]) and res["ratio_min"] == pytest.approx(ratios[0])
+    assert res["alignlab"] == pytest.approx(sorted(runs_a)[1])
     assert res["settings"]["rounds"] == 3 and res["settings"]["k"] == 4

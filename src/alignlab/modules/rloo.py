@@ -129,14 +129,13 @@ class RLOOModule(OnlineRLModule):
 
     def policy_logprobs(self, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (b, L, V) and log-probs (b, L) of rollout rows ``sl`` under the policy, with gradient."""
-        whole_groups = sl.start % self.k == 0 and len(r.prompts[sl]) % self.k == 0
         logits, _ = forward_completion(
             self.policy,
             r.query_responses[sl],
             r.attention_mask[sl],
             r.context_length,
             self.sampling.temperature,
-            group=self.rollout_group if whole_groups else 1,
+            group=self.rollout_group,  # the grouped layout declines rows not in runs of k identical prompts
         )
         return logits, gather_logprobs(logits, r.responses[sl])
 

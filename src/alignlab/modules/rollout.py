@@ -122,9 +122,8 @@ def completion_logprobs(
     group: int = 1,
 ) -> torch.Tensor:
     """log pi(completion token) (B, L), in chunks of ``chunk`` sequences to bound the logits' memory;
-    ``group``: see ``forward_completion`` (used when the chunks hold whole groups)."""
+    ``group``: see ``forward_completion`` (a chunk that does not hold whole groups takes the plain path)."""
     chunk = chunk or query_responses.shape[0]
-    group = group if chunk % group == 0 else 1
     out = []
     for i in range(0, query_responses.shape[0], chunk):
         logits, _ = forward_completion(
