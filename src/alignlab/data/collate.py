@@ -5,14 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def _right_pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
 def join(prompts: list[list[int]], completions: list[list[int]], pad_id: int, width: int | None = None):
     """Prompt+completion, right-padded: input_ids, attention_mask, loss_mask (1 on completion tokens)."""
     seqs = [p + c for p, c in zip(prompts, completions)]

@@ -79,11 +79,6 @@ class BatchJournal:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def remove(self) -> None:
-        """Drop the journal once the work it protects is saved."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
 
 @dataclass
 class PairSet:
