@@ -94,8 +94,8 @@ def test_conversation_pairs_are_split(tmp_path):
     full = {"chosen": "Human: hi Assistant: hello there", "rejected": "Human: hi Assistant: go away"}
     rows, _ = load_rows(_jsonl(tmp_path / "c.jsonl", [json.dumps(row), json.dumps(full)]), "preference")
     assert rows[0]["prompt"] == msgs and rows[0]["chosen"] == "Hello!" and rows[0]["rejected"] == "Go away."
-    assert rows[1]["prompt"] == "Human: hi Assistant: "
-    assert (rows[1]["chosen"], rows[1]["rejected"]) == ("hello there", "go away")
+    assert rows[1]["prompt"] == "Human: hi Assistant:"  # the marker ends the prompt, as in HH-RLHF
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == (" hello there", " go away")
 
 
 def test_csv_and_parquet(tmp_path):
@@ -139,3 +139,71 @@ def test_over_length_rows_error_drop_or_truncate(tmp_path, tiny_lm):
     assert len(dm.train_set) + len(dm.val_set) == 4 and dm.truncation_counts == {"chosen truncated": 1}
     batch = dm.collator()([dm.train_set[i] for i in range(len(dm.train_set))] + [dm.val_set[0]])
     assert batch["chosen_input_ids"].shape[1] <= 40  # padded to the batch's longest, never beyond max_length
+
+
+# -- whole transcripts (HH-RLHF) are split at the last assistant turn ------------------------------------
+HH_PROMPT = (
+    "\n\nHuman: Which river is the longest?\n\nAssistant: Do you mean by length?\n\nHuman: Yes.\n\nAssistant:"
+)
+
+
+@pytest.mark.parametrize(
+    "chosen,rejected",
+    [
+        (" The Nile, at about 6,650 km.", " The Amazon."),  # answers sharing their leading word
+        (" Paris is the capital of France.", " Paris."),  # one answer a prefix of the other
+        (" Paris.", " Paris is the capital of France."),
+    ],
+    ids=["shared-leading-word", "rejected-is-prefix", "chosen-is-prefix"],
+)
+def test_hh_transcripts_split_at_the_last_assistant_turn(tmp_path, chosen, rejected):
+    row = {"chosen": HH_PROMPT + chosen, "rejected": HH_PROMPT + rejected}
+    rows, _ = load_rows(_jsonl(tmp_path / "hh.jsonl", [json.dumps(row)]), "preference")
+    assert rows[0]["prompt"] == HH_PROMPT
+    assert (rows[0]["chosen"], rows[0]["rejected"]) == (chosen, rejected)
+
+
+def test_transcripts_that_differ_before_the_last_turn_are_refused(tmp_path):
+    row = {"chosen": HH_PROMPT + " The Nile.", "rejected": "\n\nHuman: Hi\n\nAssistant: The Amazon."}
+    path = _jsonl(tmp_path / "hh.jsonl", [json.dumps(row)])
+    with pytest.raises(DataError, match=r"hh.jsonl:1: .*differ before the last 'Assistant:' turn"):
+        load_rows(path, "preference")
+
+
+def test_message_lists_split_at_the_last_assistant_message(tmp_path):
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Longest river?"},
+        {"role": "assistant", "content": "By length?"},
+        {"role": "user", "content": "Yes."},
+    ]
+    row = {
+        "chosen": [*conv, {"role": "assistant", "content": "The Nile."}],
+        "rejected": [*conv, {"role": "assistant", "content": "The Amazon."}],
+    }
+    rows, _ = load_rows(_jsonl(tmp_path / "m.jsonl", [json.dumps(row)]), "preference")
+    assert rows[0]["prompt"] == conv and (rows[0]["chosen"], rows[0]["rejected"]) == (
+        "The Nile.",
+        "The Amazon.",
+    )
+    trailing = {k: [*v, {"role": "user", "content": "Thanks"}] for k, v in row.items()}
+    with pytest.raises(DataError, match="end with it"):
+        load_rows(_jsonl(tmp_path / "t.jsonl", [json.dumps(trailing)]), "preference")
+
+
+@pytest.mark.parametrize(
+    "a,b,prompt",
+    [
+        ("Q: capital of France? A: Paris", "Q: capital of France? A: Paris is", "Q: capital of France? A: "),
+        ("Q: longest? The Nile", "Q: longest? The Amazon", "Q: longest? The "),
+        ("Q: x? Neverland", "Q: x? Nevermore", "Q: x? "),  # the shared "Never" stays in the answers
+        ("Q: hi ", "Q: hi there", "Q: "),  # an answer that is the other's first word and a space
+    ],
+    ids=["prefix", "shared-word", "shared-part-of-a-word", "prefix-ending-in-space"],
+)
+def test_common_prefix_fallback_never_cuts_inside_a_word(tmp_path, a, b, prompt):
+    rows, _ = load_rows(
+        _jsonl(tmp_path / "c.jsonl", [json.dumps({"chosen": a, "rejected": b})]), "preference"
+    )
+    assert rows[0]["prompt"] == prompt
+    assert rows[0]["chosen"] == a[len(prompt) :] and rows[0]["rejected"] == b[len(prompt) :]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,16 +117,12 @@ def _iter_raw(path: str) -> Any:
 
 
 def _task_prompt_file(url: str) -> str:
-    """``task://NAME@SPLIT`` -> the task's prepared prompt file (prepared on first use)."""
-    name, sep, split = url[len("task://") :].partition("@")
-    if not name or not sep or not split:
-        raise DataError(f"{url}: expected task://NAME@SPLIT, e.g. task://sentiment@train", "missing")
-    from alignlab.tasks import get_task
-
-    try:
-        return get_task(name).prompt_file(split)
-    except (KeyError, ValueError) as e:
-        raise DataError(f"{url}: {e.args[0] if e.args else e}", "missing") from e
+    """``task://SPLIT`` paths are resolved by the app from its ``task`` config before data is read."""
+    raise DataError(
+        f"{url}: task:// paths are read through the app's task; run the train app with task=<name> "
+        "(e.g. task=sentiment), or give a file path",
+        "missing",
+    )
 
 
 def _iter_hub(spec: str):
@@ -148,15 +145,55 @@ def _iter_hub(spec: str):
         yield f"hf://{spec}@{split}[{i}]", row
 
 
+ASSISTANT_TURN = "\n\nAssistant:"  # HH-RLHF's turn marker
+_ASSISTANT_ANY = re.compile(
+    r"(?:^|\s)Assistant:"
+)  # the same marker in other spacings ("Human: hi Assistant: ...")
+
+
+def _after_last_assistant_marker(text: str) -> int | None:
+    """Index just past the last assistant turn marker in ``text``, or None when it has none."""
+    i = text.rfind(ASSISTANT_TURN)
+    if i >= 0:
+        return i + len(ASSISTANT_TURN)
+    last = None
+    for m in _ASSISTANT_ANY.finditer(text):
+        last = m
+    return last.end() if last else None
+
+
 def _common_prefix_split(a: str, b: str) -> tuple[str, str, str]:
-    """Split two full texts into (shared prompt, rest of a, rest of b), cutting at a whitespace."""
+    """Texts without turn markers: (shared prompt, rest of a, rest of b), cut just after a whitespace of
+    their common prefix, so never inside a word, and leaving both answers non-empty (one answer may be a
+    prefix of the other)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
             break
         n += 1
-    cut = max(a.rfind(" ", 0, n + 1), a.rfind("\n", 0, n + 1)) + 1 if n < min(len(a), len(b)) else n
+    limit = min(n, len(a) - 1, len(b) - 1)  # cut at most here: each answer keeps a character
+    cut = next((i + 1 for i in range(limit - 1, -1, -1) if a[i].isspace()), 0)
     return a[:cut], a[cut:], b[cut:]
+
+
+def _split_texts(ch: str, rj: str, where: str) -> tuple[str, str, str]:
+    """Whole transcripts -> (prompt, chosen answer, rejected answer), split at the last assistant turn."""
+    i, j = _after_last_assistant_marker(ch), _after_last_assistant_marker(rj)
+    if i is None and j is None:
+        return _common_prefix_split(ch, rj)
+    if i is None or j is None or ch[:i] != rj[:j]:
+        raise DataError(
+            f"{where}: field 'chosen'/'rejected': the transcripts differ before the last 'Assistant:' turn, "
+            f"so they share no prompt; give a separate 'prompt' field or {HINT}",
+            "bad transcript",
+        )
+    return ch[:i], ch[i:], rj[j:]
+
+
+def _last_assistant(messages: list[dict]) -> int:
+    """Index of the last assistant message (the last message when no message has a role)."""
+    idx = [k for k, m in enumerate(messages) if m.get("role") == "assistant"]
+    return idx[-1] if idx else len(messages) - 1
 
 
 def _split_conversation(row: dict, where: str) -> dict:
@@ -168,14 +205,16 @@ def _split_conversation(row: dict, where: str) -> dict:
                 f"{where}: field 'chosen'/'rejected': message lists need dicts with 'role' and 'content'; {HINT}",
                 "bad messages",
             )
-        if ch[:-1] != rj[:-1]:
+        i, j = _last_assistant(ch), _last_assistant(rj)
+        if ch[:i] != rj[:j] or i != len(ch) - 1 or j != len(rj) - 1:
             raise DataError(
-                f"{where}: field 'chosen'/'rejected': the conversations differ before the last turn, so no shared prompt; {HINT}",
+                f"{where}: field 'chosen'/'rejected': the conversations must be the same up to their last "
+                f"assistant message and end with it; {HINT}",
                 "bad messages",
             )
-        return {**row, "prompt": ch[:-1], "chosen": ch[-1]["content"], "rejected": rj[-1]["content"]}
+        return {**row, "prompt": ch[:i], "chosen": ch[i]["content"], "rejected": rj[j]["content"]}
     if isinstance(ch, str) and isinstance(rj, str):
-        prompt, c, r = _common_prefix_split(ch, rj)
+        prompt, c, r = _split_texts(ch, rj, where)
         return {**row, "prompt": prompt, "chosen": c, "rejected": r}
     return row
 
