@@ -14,6 +14,7 @@ from conftest import CONF, REPO, app_env, compose
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+COMPARISONS = sorted(p.stem for p in (CONF / "comparison").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
@@ -36,14 +37,69 @@ def test_hparams_search_composes(name, tmp_path):
         [f"hparams_search={name}", f"paths.output_dir={tmp_path}"], "pipeline", return_hydra_config=True
     )
     assert "optuna" in cfg.hydra.sweeper._target_.lower() and cfg.hydra.sweeper.direction == "maximize"
-    assert cfg.kl_budget is not None and all(k.startswith("+variant.") for k in cfg.hydra.sweeper.params)
+    assert cfg.kl_budget is not None and all(k.startswith("variant.") for k in cfg.hydra.sweeper.params)
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_methods_compose(name, tmp_path):
+def test_methods_compose_into_stage_lists(name, tmp_path):
+    from alignlab.pipeline import stage_list
+
     cfg = compose([f"method={name}", f"paths.output_dir={tmp_path}"], "pipeline")
-    assert cfg.method.policy in ("ppo", "rloo", "dpo")
-    assert bool(cfg.method.labeller) != bool(cfg.method.direct_reward), "pairs or a direct reward, not both"
+    stages = stage_list(cfg)
+    names = [n for n, _ in stages]
+    assert "policy" in names and names[-2:] == ["eval_base", "eval"]
+    for i, (stage_name, stage) in enumerate(stages):  # every input is an earlier stage's output
+        assert stage["app"] in ("sample", "label", "train", "evaluate"), stage_name
+        assert stage.get("budget") is None or stage["budget"] in cfg.profile, stage_name
+        for ref in (stage.get("inputs") or {}).values():
+            assert ref.split("/")[0] in names[:i], f"{stage_name} reads {ref} before it is made"
+    policy = dict(stages)["policy"]
+    reward = (policy.get("groups") or {}).get("reward@algo.reward")
+    assert bool(cfg.method.labeller) == ("labels" in names), "a labeller exactly when pairs are labelled"
+    assert policy["budget"] == "dpo" or reward, "online RL names its reward"
+
+
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_comparisons_compose_with_the_pipeline(name, tmp_path):
+    lines = (CONF / "comparison" / f"{name}.yaml").read_text().splitlines()
+    assert lines[0].strip() == "# @package _global_"
+    assert any(f"comparison={name}" in line for line in lines[:4]), "name the command on top of the file"
+    cfg = compose(
+        [f"comparison={name}", f"paths.output_dir={tmp_path}"], "pipeline", return_hydra_config=True
+    )
+    assert cfg.hydra.sweeper.params and cfg.method.name
+
+
+def test_stage_config_forwards_model_and_task_and_applies_budget(tmp_path):
+    from alignlab.pipeline import stage_config, stage_list
+
+    cfg = compose(
+        ["method=rlhf", "model=hf", "model.name_or_path=org/some-model", "task=sentiment_toy", "seed=3",
+         "variant.algo.kl_coef=0.2", f"paths.output_dir={tmp_path}"], "pipeline",
+    )  # fmt: skip
+    stages = dict(stage_list(cfg))
+    dirs = {"samples": tmp_path / "s", "labels": tmp_path / "l", "reward_model": tmp_path / "rm"}
+    pol = stage_config(cfg, stages["policy"], dirs)
+    assert pol.model.name_or_path == "org/some-model" and pol.task._target_.endswith("SyntheticSentimentTask")
+    assert pol.seed == 3 and pol.algo.kl_coef == 0.2  # the run seed and the sweep point
+    assert pol.trainer.max_steps == cfg.profile.ppo.trainer.max_steps
+    assert pol.algo.reward.path == str(tmp_path / "rm" / "policy")
+    lab = stage_config(cfg, stages["labels"], dirs)
+    assert lab.judge._target_.endswith("GoldJudge") and lab.pairs_path == str(
+        tmp_path / "s" / "samples.jsonl"
+    )
+
+
+def test_stage_config_rejects_a_key_the_app_lacks(tmp_path):
+    from alignlab.pipeline import stage_config, stage_list
+    from alignlab.utils.config import ConfigError
+
+    cfg = compose(
+        ["method=dpo", "+profile.dpo.trainer.max_stepz=3", f"paths.output_dir={tmp_path}"], "pipeline"
+    )
+    stages = dict(stage_list(cfg))
+    with pytest.raises(ConfigError, match="max_stepz"):
+        stage_config(cfg, stages["policy"], {"labels": tmp_path})
 
 
 def test_objective_penalises_kl_over_budget():
@@ -81,8 +137,8 @@ def test_tiny_multirun_report_and_cached_rerun(tmp_path):
     assert first.count("samples      done") == 1 and first.count("labels       done") == 1
     assert first.count("eval_base    done") == 1 and first.count("result:") == 4
     second = _run([*args, f"hydra.sweep.dir={tmp_path}/sweep2"], tmp_path)
-    # dpo: samples, labels, dpo, eval_base, eval, win_rate; rlhf adds the reward model
-    assert "done in" not in second and second.count("cached") == 2 * 6 + 2 * 7
+    # dpo: samples, labels, dpo, eval_base, eval (with the win rate); rlhf adds the reward model
+    assert "done in" not in second and second.count("cached") == 2 * 5 + 2 * 6
     out = _run(["alignlab.compare", str(tmp_path / "sweep2"), "--out", str(tmp_path / "report")], tmp_path)
     assert "| dpo | 2 |" in out and "| rlhf | 2 |" in out
     row = next(line for line in out.splitlines() if line.startswith("| dpo"))

@@ -226,12 +226,19 @@ def test_synthetic_task_splits_shipped_prompts(tmp_path):
     assert not (tmp_path / "tasks" / "sentiment").exists()  # nothing fetched
 
 
-def test_task_url_feeds_the_prompt_datamodule(tiny_lm):
-    from alignlab.data.datamodules import PromptDataModule
+def test_task_urls_resolve_through_the_runs_task(tiny_lm, tmp_path):
+    from omegaconf import OmegaConf
 
+    from alignlab.data.datamodules import PromptDataModule
+    from alignlab.tasks.base import resolve_task_paths
+
+    task = SyntheticSentimentTask(cache_dir=str(tmp_path))
+    data = OmegaConf.create({"train_path": "task://train", "val_path": "task://val", "batch_size": 4})
+    resolve_task_paths(data, task)
+    assert data.train_path == task.prompt_file("train") and data.val_path == task.prompt_file("val")
     dm = PromptDataModule(
-        train_path="task://sentiment_toy@train",
-        val_path="task://sentiment_toy@val",
+        train_path=data.train_path,
+        val_path=data.val_path,
         batch_size=4,
         max_length=64,
         max_prompt_length=32,
@@ -244,16 +251,36 @@ def test_task_url_feeds_the_prompt_datamodule(tiny_lm):
     assert len(batch["prompt"]) == 4 and isinstance(batch["prompt_ids"][0], list)
 
 
-def test_bad_task_urls_are_data_errors():
-    from alignlab.data.rows import DataError, load_rows
+def test_bad_task_urls_are_config_errors(tmp_path):
+    from omegaconf import OmegaConf
 
-    for url, msg in (
-        ("task://nope@train", "unknown task"),
-        ("task://sentiment_toy@dev", "splits"),
-        ("task://sentiment_toy", "task://NAME@SPLIT"),
+    from alignlab.tasks.base import resolve_task_paths
+    from alignlab.utils.config import ConfigError
+
+    task = SyntheticSentimentTask(cache_dir=str(tmp_path))
+    for url, t, msg in (
+        ("task://train", None, "no task is set"),
+        ("task://sentiment_toy@train", task, "task://SPLIT"),
+        ("task://dev", task, "split"),
     ):
-        with pytest.raises(DataError, match=msg):
-            load_rows(url, "prompts")
+        with pytest.raises((ConfigError, ValueError), match=msg):
+            resolve_task_paths(OmegaConf.create({"train_path": url}), t)
+
+
+def test_one_task_object_per_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from alignlab.rewards.gold import GoldReward
+    from alignlab.tasks import build_task
+
+    cfg = compose(
+        ["task=sentiment_toy", f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}"], "label"
+    )
+    task = build_task(cfg.task)
+    assert build_task(OmegaConf.create(OmegaConf.to_container(cfg.task, resolve=True))) is task
+    assert GoldReward(cfg.task).task is task  # the reward scores with the run's task, not a second one
+    other = build_task({**OmegaConf.to_container(cfg.task, resolve=True), "score_on": "prompt+completion"})
+    assert other is not task and other.score_on == "prompt+completion"
 
 
 @pytest.mark.parametrize("name", ["sentiment_prompts", "sentiment_prompts_toy"])
@@ -290,3 +317,24 @@ def test_real_prepare_gives_over_1000_distinct_prompts_and_scorers_agree_with_hu
     agreement = json.loads((tmp_path / "tasks" / "sentiment" / "agreement.json").read_text())
     for r in agreement["scorers"].values():
         assert r["pearson"] > 0.35 and r["spearman"] > 0.35
+
+
+def test_a_task_override_reaches_rl_prompts_and_the_gold_reward(tmp_path):
+    """task.* overrides change the training prompts and the validation gold reward of the train app too
+    (both built from the run's one task config)."""
+    from hydra.utils import instantiate
+
+    from alignlab.tasks import build_task
+    from alignlab.tasks.base import resolve_task_paths
+
+    cfg = compose(
+        ["experiment=ppo_sentiment", "task=sentiment_toy", "task.score_on=prompt+completion",
+         f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}"]
+    )  # fmt: skip
+    task = build_task(cfg.task)
+    resolve_task_paths(cfg.data, task)
+    assert cfg.data.train_path == task.prompt_file("train")
+    gold = instantiate(cfg.algo.val_rewards.gold)
+    assert gold.task is task and gold.task.score_on == "prompt+completion"
+    reward = instantiate(cfg.algo.reward) if cfg.algo.reward._target_.endswith("GoldReward") else None
+    assert reward is None or reward.task is task

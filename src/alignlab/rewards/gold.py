@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -10,18 +11,24 @@ from alignlab.rewards.base import RewardFunction
 
 
 class GoldReward(RewardFunction):
-    """Scores completions with ``Task.gold_scores`` of a registered task."""
+    """Scores completions with ``Task.gold_scores`` of the run's task."""
 
-    def __init__(self, task: str = "sentiment", task_kwargs: dict | None = None):
+    def __init__(self, task: Any = None):
         """
         Args:
-            task: registered task name (``alignlab.tasks.get_task``).
-            task_kwargs: keyword arguments for the task's constructor.
+            task: the run's task: its ``conf/task`` config (``${task}`` in the reward config, built once per
+                process by ``alignlab.tasks.build_task``) or a ``Task``.
         """
-        from alignlab.tasks.base import get_task
+        from alignlab.tasks import build_task
+        from alignlab.utils.config import ConfigError
 
-        self.task = get_task(task, **dict(task_kwargs or {}))
-        self.name = f"gold[{task}]"
+        if task is None:
+            raise ConfigError(
+                "the gold reward needs the run's task: add task=<name> (e.g. task=sentiment or "
+                "task=sentiment_toy) to the command"
+            )
+        self.task = build_task(task)
+        self.name = f"gold[{self.task.name}]"
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         if len(prompts) != len(completions):

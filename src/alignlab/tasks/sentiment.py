@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.tasks import prepare as prep
-from alignlab.tasks.base import Task, register_task
+from alignlab.tasks.base import Task
 from alignlab.tasks.scorers import afinn_polarity, pearson, spearman, vader_compound
 from alignlab.utils.io import write_json
 
@@ -30,7 +30,6 @@ RUBRIC = (
 SCORE_ON = ("completion", "prompt+completion")
 
 
-@register_task("sentiment")
 class SentimentTask(Task):
     """Positive continuation of real movie-review openings; gold reward = VADER compound in [-1, 1]."""
 

@@ -10,11 +10,9 @@ from pathlib import Path
 
 from alignlab.resources import resource
 from alignlab.tasks import prepare as prep
-from alignlab.tasks.base import register_task
 from alignlab.tasks.sentiment import SentimentTask
 
 
-@register_task("sentiment_toy")
 class SyntheticSentimentTask(SentimentTask):
     """Synthetic review openings (no download); gold reward = VADER compound."""
 
