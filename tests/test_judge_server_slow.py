@@ -93,7 +93,7 @@ def test_label_pairs_through_llama_cpp_server(llama_server, tmp_path):
         t = JudgeTemplate(rubric="Which review is more positive?", question="Is this movie review positive?")
         return OpenAICompatibleJudge(
             base_url=llama_server, model="smollm2", api_key_env=None, template=t, mode=mode,
-            cache_path=str(tmp_path / "cache.sqlite"), concurrency=2, timeout_s=60, max_retries=1,
+            cache_path=str(tmp_path / "cache.sqlite"), concurrency=2, read_timeout_s=60, max_retries=1,
         )  # fmt: skip
 
     firsts = POSITIVE[:2] + NEGATIVE[2:]

@@ -33,6 +33,7 @@ class Script:
         self.respond = respond
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.ports: list[int] = []  # the client's port of each request: one port = one reused connection
         self.lock = threading.Lock()
 
 
@@ -40,10 +41,12 @@ class Script:
 def server():
     servers = []
 
-    def start(respond):
+    def start(respond, keep_alive=False):
         script = Script(respond)
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *a):
                 pass
 
@@ -52,6 +55,7 @@ def server():
                 with script.lock:
                     script.requests.append(body)
                     script.headers.append(dict(self.headers))
+                    script.ports.append(self.client_address[1])
                     n = len(script.requests)
                 if n > MAX_REQUESTS:
                     self.send_response(418)
@@ -88,7 +92,7 @@ def ok(obj):
 
 def make_judge(url, **kw):
     kw.setdefault("backoff_s", 0.01)
-    kw.setdefault("timeout_s", 5)
+    kw.setdefault("read_timeout_s", 5)
     return OpenAICompatibleJudge(base_url=url, model="m", api_key_env="ALIGNLAB_TEST_KEY", **kw)
 
 
@@ -111,7 +115,7 @@ def test_api_key_only_from_env_and_never_in_identity(server, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_TEST_KEY", "sk-secret-123")
     judge = make_judge(url, both_orders=False)
     judge_one(judge)
-    assert script.headers[0]["Authorization"] == "Bearer sk-secret-123"
+    assert {k.lower(): v for k, v in script.headers[0].items()}["authorization"] == "Bearer sk-secret-123"
     assert "sk-secret" not in judge.identity() and "sk-secret" not in json.dumps(judge.report_stats())
 
 
@@ -157,7 +161,7 @@ def test_timeout_is_retried(server):
         return status, headers, payload, delay
 
     url, script = server(respond)
-    judge = make_judge(url, both_orders=False, timeout_s=0.5, max_retries=2)
+    judge = make_judge(url, both_orders=False, read_timeout_s=0.5, max_retries=2)
     r = judge_one(judge)
     assert r["verdict"] == "first" and judge.stats.retries == 1 and len(script.requests) == 2
 
@@ -242,3 +246,96 @@ def test_retry_after_header_forms():
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
     future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     assert 25 <= retry_after_seconds(future) <= 31
+
+
+# -- network faults: bounded time, each retry logged, the server checked before any work ------------------
+def _refused_url():
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_check_server_fails_fast_naming_the_url():
+    url = _refused_url()
+    judge = make_judge(url, max_retries=4, backoff_s=1.0)
+    t0 = time.perf_counter()
+    with pytest.raises(JudgeHTTPError, match=rf"judge server {url} is unreachable .*judge.base_url="):
+        judge.check_server()
+    assert time.perf_counter() - t0 < 2.0  # one request, no retries
+
+
+def test_check_server_accepts_any_answer_but_a_refused_key(server):
+    url, script = server(lambda body, n: ok({}))  # answers POST only: GET /models gets 501, still up
+    make_judge(url).check_server()
+    assert script.requests == []  # the check sent no chat completion
+
+    class Deny(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(JudgeHTTPError, match="ALIGNLAB_TEST_KEY"):
+            make_judge(f"http://127.0.0.1:{httpd.server_address[1]}/v1").check_server()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_server_that_never_answers_stops_at_the_deadline(server):
+    def respond(body, n):
+        status, headers, payload, _ = ok(completion("A", [("A", -0.1)]))
+        return status, headers, payload, 3.0  # answers long after the client gave up
+
+    url, script = server(respond)
+    judge = make_judge(url, both_orders=False, read_timeout_s=0.3, deadline_s=1.0, max_retries=50)
+    t0 = time.perf_counter()
+    with pytest.raises(JudgeHTTPError, match=r"no answer within .*deadline_s=1"):
+        judge_one(judge)
+    assert time.perf_counter() - t0 < 2.0 and 2 <= len(script.requests) <= 4
+
+
+def test_each_retry_is_logged_with_its_cause(server, caplog):
+    url, _ = server(lambda body, n: (503, {}, b"overloaded", 0))
+    with caplog.at_level("WARNING", logger="alignlab.judges.http"), pytest.raises(JudgeHTTPError):
+        judge_one(make_judge(url, both_orders=False, max_retries=2))
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2 and all("HTTP 503: overloaded" in m and url in m for m in retries), retries
+    assert "retry 1 of 2" in retries[0] and "retry 2 of 2" in retries[1]
+
+
+def test_separate_connect_and_read_timeouts():
+    judge = make_judge("http://127.0.0.1:1/v1", connect_timeout_s=2, read_timeout_s=7)
+    assert (judge.client.timeout.connect, judge.client.timeout.read) == (2, 7)
+
+
+def test_one_connection_is_reused(server):
+    url, script = server(lambda body, n: ok(completion("A", [("A", -0.1)])), keep_alive=True)
+    judge = make_judge(url, concurrency=1)
+    judge.judge_pairs(["p1", "p2"], ["a1", "a2"], ["b1", "b2"])
+    assert len(script.ports) == 4 and len(set(script.ports)) == 1, script.ports
+
+
+def test_max_completion_tokens_for_newer_models(server):
+    def respond(body, n):
+        if "max_tokens" in body:
+            msg = b'{"error": {"message": "Unsupported parameter: max_tokens. Use max_completion_tokens."}}'
+            return 400, {}, msg, 0
+        return ok(completion("A", [("A", -0.1), ("B", -3.0)]))
+
+    url, script = server(respond)
+    r = judge_one(make_judge(url, both_orders=False))  # auto: switches once, for good
+    assert r["verdict"] == "first" and [("max_tokens" in b) for b in script.requests] == [True, False]
+    assert script.requests[1]["max_completion_tokens"] == 4
+    url2, script2 = server(respond)
+    judge_one(make_judge(url2, both_orders=False, token_param="max_completion_tokens"))
+    assert len(script2.requests) == 1 and "max_tokens" not in script2.requests[0]

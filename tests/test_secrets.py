@@ -88,7 +88,7 @@ def test_http_judge_key_is_used_and_written_nowhere(tmp_path):
                 "judge.model=served-model",
                 "judge.api_key_env=ALIGNLAB_SECRET_KEY",
                 "judge.backoff_s=0.01",
-                "judge.timeout_s=10",
+                "judge.read_timeout_s=10",
                 f"pairs_path={samples}",
                 "samples_path=null",
                 "progress=false",

@@ -1,25 +1,27 @@
 """A judge behind any OpenAI-compatible chat-completions server (vLLM, llama.cpp's server, Ollama, OpenAI).
 
-The API key is read from the environment variable *named* in the config (never from the config itself)
-and never logged. Where the server returns ``top_logprobs`` the option probabilities come from them
-(renormalised over the options); otherwise, and with chain of thought, a strict parser reads the answer
-text and anything that is not exactly one option is *invalid*. Requests run in a thread pool of
-``concurrency`` workers with a per-request timeout; connection errors, timeouts, 408/409/429 and 5xx are
-retried with exponential backoff, waiting what ``Retry-After`` asks for when the server sends it.
+The transport is the ``openai`` client (pooled connections, separate connect and read timeouts); the
+retries are ours, so each is logged with its cause and a request has a total deadline. The API key is read
+from the environment variable *named* in the config (never from the config itself) and never logged.
+Where the server returns ``top_logprobs`` the option probabilities come from them (renormalised over the
+options); otherwise, and with chain of thought, a strict parser reads the answer text and anything that is
+not exactly one option is *invalid*. Requests run in a thread pool of ``concurrency`` workers; connection
+errors, timeouts, 408/409/425/429 and 5xx are retried with exponential backoff, waiting what
+``Retry-After`` asks for when the server sends it, until ``max_retries`` or ``deadline_s`` runs out.
+``check_server`` asks the server once, cheaply, before a run does expensive work.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from alignlab.judges.local import OptionJudge, Query
+from alignlab.judges.option import OptionJudge, Query
 from alignlab.judges.templates import (
     JudgeTemplate,
     normalise,
@@ -27,11 +29,15 @@ from alignlab.judges.templates import (
     parse_answer,
     text_hash,
 )
+from alignlab.utils.errors import UserError
+from alignlab.utils.runtime import get_logger
 
+log = get_logger(__name__)
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+TOKEN_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
 
 
-class JudgeHTTPError(RuntimeError):
+class JudgeHTTPError(UserError, RuntimeError):
     """The judge server could not give an answer (after retries); the message says what to check."""
 
 
@@ -72,10 +78,14 @@ class OpenAICompatibleJudge(OptionJudge):
         top_logprobs: int = 10,
         max_tokens: int = 4,
         cot_max_tokens: int = 256,
+        token_param: str = "auto",
         temperature: float = 0.0,
         seed: int | None = 0,
         concurrency: int = 4,
-        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        deadline_s: float = 120.0,
+        ping_timeout_s: float = 10.0,
         max_retries: int = 4,
         backoff_s: float = 1.0,
         backoff_max_s: float = 30.0,
@@ -97,10 +107,16 @@ class OpenAICompatibleJudge(OptionJudge):
             top_logprobs: how many top tokens to ask for (OpenAI allows up to 20).
             max_tokens: answer length without chain of thought (the option is read from the first token).
             cot_max_tokens: answer length with chain of thought (rationale + ``Answer: X``).
+            token_param: the request field of the answer length: ``max_tokens``, ``max_completion_tokens``
+                (newer OpenAI models accept only this one), or ``auto`` (``max_tokens``, switching for good
+                when the server asks for ``max_completion_tokens``).
             temperature: sampling temperature (0: greedy, reproducible on most servers).
             seed: request seed where the server supports it (None: not sent).
             concurrency: requests in flight at once.
-            timeout_s: per-request timeout in seconds.
+            connect_timeout_s: seconds to open a connection (a server that is down fails this fast).
+            read_timeout_s: seconds to wait for an answer once connected, per attempt.
+            deadline_s: total seconds one request may take, all attempts and waits included.
+            ping_timeout_s: seconds ``check_server`` waits for its one cheap request.
             max_retries: retries of one request after a retryable failure (0: no retry).
             backoff_s: first backoff wait; doubles with each retry.
             backoff_max_s: cap of the exponential backoff.
@@ -109,8 +125,14 @@ class OpenAICompatibleJudge(OptionJudge):
         super().__init__(template, mode, both_orders, tie_margin, batch_size, cache_path, max_text_chars)
         if logprobs not in (True, False, "auto"):
             raise ValueError(f"judge.logprobs={logprobs!r}: choose auto, true or false")
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
-            raise ValueError("judge.concurrency must be >= 1, judge.max_retries >= 0 and judge.timeout_s > 0")
+        if token_param not in TOKEN_PARAMS:
+            raise ValueError(f"judge.token_param={token_param!r}: choose one of {', '.join(TOKEN_PARAMS)}")
+        timeouts = (connect_timeout_s, read_timeout_s, deadline_s, ping_timeout_s)
+        if concurrency < 1 or max_retries < 0 or min(timeouts) <= 0:
+            raise ValueError(
+                "judge.concurrency must be >= 1, judge.max_retries >= 0, and judge.connect_timeout_s, "
+                "judge.read_timeout_s, judge.deadline_s and judge.ping_timeout_s > 0"
+            )
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -118,16 +140,22 @@ class OpenAICompatibleJudge(OptionJudge):
         self.top_logprobs = top_logprobs
         self.max_tokens = max_tokens
         self.cot_max_tokens = cot_max_tokens
+        self.token_param = "max_tokens" if token_param == "auto" else token_param
+        self._switch_token_param = token_param == "auto"
         self.temperature = temperature
         self.seed = seed
         self.concurrency = concurrency
-        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.deadline_s = deadline_s
+        self.ping_timeout_s = ping_timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.retry_after_max_s = retry_after_max_s
         self._lock = threading.Lock()
         self._sleep = time.sleep
+        self._client = None
 
     def identity(self) -> str:
         # the model and the decoding settings decide the answers; the URL (host/port) does not
@@ -136,64 +164,136 @@ class OpenAICompatibleJudge(OptionJudge):
             self.temperature, self.seed,
         )  # fmt: skip
 
-    # -- one request -------------------------------------------------------------------------------------
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    # -- transport ---------------------------------------------------------------------------------------
+    @property
+    def client(self):
+        """The ``openai`` client (one connection pool for all threads), made on first use."""
+        if self._client is None:
+            import openai
+
+            # quiet the per-request INFO lines of the client's HTTP library; failures are logged here
+            logging.getLogger("httpx2").setLevel(logging.WARNING)
+            key = os.environ.get(self.api_key_env) if self.api_key_env else None
+            self._client = openai.OpenAI(
+                base_url=self.base_url,
+                api_key=key or "EMPTY",  # servers without authentication ignore it
+                max_retries=0,  # retried here: each retry logged with its cause, under one deadline
+                timeout=openai.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
+            )
+        return self._client
+
+    def _auth_error(self, url: str, code: int, detail: str) -> JudgeHTTPError:
+        return JudgeHTTPError(
+            f"{url} refused the request ({code}): check the API key in the environment variable "
+            f"{self.api_key_env!r}. Server said: {detail}"
+        )
+
+    def check_server(self) -> None:
+        """One cheap request (``GET /models``) with short timeouts, before a run does expensive work: a
+        server that is down, unreachable or refuses the key fails here in seconds, naming the URL."""
+        import openai
+
+        url = f"{self.base_url}/models"
+        try:
+            self.client.with_options(
+                max_retries=0, timeout=openai.Timeout(self.ping_timeout_s, connect=self.connect_timeout_s)
+            ).models.with_raw_response.list()
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403):
+                raise self._auth_error(url, e.status_code, e.response.text[:300]) from None
+            # any other answer: the server is up (some have no /models)
+        except openai.APITimeoutError:
+            raise JudgeHTTPError(
+                f"judge server {self.base_url} did not answer within {self.ping_timeout_s:g} s "
+                "(GET /models): is it running, and is judge.base_url right?"
+            ) from None
+        except openai.APIConnectionError as e:
+            raise JudgeHTTPError(
+                f"judge server {self.base_url} is unreachable ({e.__cause__ or e}): start it, or set "
+                "judge.base_url=<its OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1>"
+            ) from None
+
+    def _attempt(self, payload: dict, read_s: float) -> tuple[dict | None, str, float | None]:
+        """One try: (decoded response, "", None) or (None, why it failed, Retry-After seconds or None).
+        Raises ``JudgeHTTPError`` for failures that a retry cannot mend."""
+        import openai
+
+        url = f"{self.base_url}/chat/completions"
+        timeout = openai.Timeout(read_s, connect=min(self.connect_timeout_s, read_s))
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(**payload, timeout=timeout)
+        except openai.APITimeoutError as e:
+            phase = "connect" if "Connect" in type(e.__cause__).__name__ else "answer"
+            return None, f"no {phase} within {read_s:.3g} s", None
+        except openai.APIConnectionError as e:
+            return None, f"connection failed: {e.__cause__ or e}", None
+        except openai.APIStatusError as e:
+            code, detail = e.status_code, e.response.text[:300]
+            if code in (401, 403):
+                raise self._auth_error(url, code, detail) from None
+            if code == 400 and self._switch_token_param and "max_completion_tokens" in detail:
+                self.token_param = "max_completion_tokens"  # newer OpenAI models refuse max_tokens
+                self._switch_token_param = False
+                log.info("%s asks for max_completion_tokens instead of max_tokens: switching", url)
+                return None, "the server asked for max_completion_tokens", 0.0
+            if code not in RETRYABLE:
+                raise JudgeHTTPError(f"{url} answered {code}: {detail}") from None
+            headers = e.response.headers
+            ms = retry_after_seconds(headers.get("retry-after-ms"))
+            wait = ms / 1000 if ms is not None else retry_after_seconds(headers.get("retry-after"))
+            return None, f"HTTP {code}: {detail}", wait
+        body = raw.http_response.text
+        try:
+            return json.loads(body), "", None
+        except json.JSONDecodeError:
+            return None, f"the server answered with a body that is not JSON: {body[:200]!r}", None
 
     def post(self, payload: dict) -> dict:
-        """POST ``payload`` to ``/chat/completions`` with retries; the decoded JSON response."""
+        """Send one chat-completions request with retries; the decoded JSON response."""
         url = f"{self.base_url}/chat/completions"
-        body = json.dumps(payload).encode()
-        last = ""
+        start = time.monotonic()
+        last, attempts = "", 0
         for attempt in range(self.max_retries + 1):
-            wait = None
+            left = self.deadline_s - (time.monotonic() - start)
+            if left <= 0:
+                last += f"; judge.deadline_s={self.deadline_s:g} s reached"
+                break
             with self._lock:
                 self.stats.calls += 1
                 self.stats.retries += attempt > 0
-            req = urllib.request.Request(url, data=body, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read()
-                try:
-                    return json.loads(raw)
-                except json.JSONDecodeError:
-                    last = f"the server answered with a body that is not JSON: {raw[:200]!r}"
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode(errors="replace")
-                if e.code in (401, 403):
-                    raise JudgeHTTPError(
-                        f"{url} refused the request ({e.code}): check the API key in the environment "
-                        f"variable {self.api_key_env!r}. Server said: {detail}"
-                    ) from None
-                if e.code not in RETRYABLE:
-                    raise JudgeHTTPError(f"{url} answered {e.code}: {detail}") from None
-                last = f"HTTP {e.code}: {detail}"
-                ra = retry_after_seconds(e.headers.get("Retry-After") if e.headers else None)
-                if ra is not None:
-                    wait = min(ra, self.retry_after_max_s)
-            except TimeoutError as e:
-                last = f"timed out after {self.timeout_s}s ({e})"
-            except (urllib.error.URLError, ConnectionError, OSError) as e:
-                last = f"connection failed: {getattr(e, 'reason', e)}"
-            if attempt < self.max_retries:
-                self._sleep(
-                    wait if wait is not None else min(self.backoff_s * 2**attempt, self.backoff_max_s)
-                )
+            attempts += 1
+            if self.token_param != "max_tokens" and "max_tokens" in payload:
+                payload = {k: v for k, v in payload.items() if k != "max_tokens"}
+                payload[self.token_param] = self._answer_tokens()
+            resp, last, retry_after = self._attempt(payload, min(self.read_timeout_s, left))
+            if resp is not None:
+                return resp
+            if attempt == self.max_retries:
+                break
+            backoff = min(self.backoff_s * 2**attempt, self.backoff_max_s)
+            wait = min(retry_after, self.retry_after_max_s) if retry_after is not None else backoff
+            if wait >= self.deadline_s - (time.monotonic() - start):
+                last += f"; no time left for another try within judge.deadline_s={self.deadline_s:g} s"
+                break
+            log.warning(
+                "judge request to %s failed (%s); retry %d of %d in %.1f s",
+                url, last, attempt + 1, self.max_retries, wait,
+            )  # fmt: skip
+            self._sleep(wait)
         raise JudgeHTTPError(
-            f"judge server {url} failed {self.max_retries + 1} times; last error: {last}. "
-            "Finished judgements are cached: rerun the same command to resume."
+            f"judge server {url} failed {attempts} times in {time.monotonic() - start:.1f} s; last error: "
+            f"{last}. Finished judgements are cached: rerun the same command to resume."
         )
+
+    def _answer_tokens(self) -> int:
+        return self.cot_max_tokens if self.template.chain_of_thought else self.max_tokens
 
     def _payload(self, q: Query, logprobs: bool) -> dict:
         cot = self.template.chain_of_thought
         payload = {
             "model": self.model,
             "messages": q.messages,
-            "max_tokens": self.cot_max_tokens if cot else self.max_tokens,
+            self.token_param: self._answer_tokens(),
             "temperature": self.temperature,
         }
         if self.seed is not None:
