@@ -1,66 +1,106 @@
-"""The comparison report aggregates runs over seeds and draws a readable frontier."""
+"""The comparison report: paired gains over the base policy, pairwise tests with Holm's correction, the
+verdict made from them, and readable plots."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from alignlab.compare import main, mean_ci, write_report
+from alignlab.compare import main, mean_ci, pairwise, summarise, verdict, write_report
+
+N = 64
+BASE = np.random.default_rng(0).normal(0.1, 0.3, N)
 
 
-def _run(root, method, seed, gold, kl):
-    d = root / method / str(seed)
+def _run(root, method, seed, shift, kl, noise=0.05, variant=None, labeller="gold"):
+    d = root / (method + json.dumps(variant or {}).replace('"', "")) / str(seed)
     d.mkdir(parents=True)
-    ev = {
-        "gold_reward": gold,
-        "gold_reward_ci_low": gold - 0.1,
-        "gold_reward_ci_high": gold + 0.1,
-        "kl": kl,
-        "kl_ci_low": kl * 0.8,
-        "kl_ci_high": kl * 1.2,
-        "second_reward": gold / 2,
-    }
+    rng = np.random.default_rng(1000 + seed + hash(method) % 1000)
+    per = BASE + shift + rng.normal(0, noise, N)
+    gold = float(per.mean())
+    ev = {"gold_reward": gold, "gold_reward_ci_low": gold - 0.1, "gold_reward_ci_high": gold + 0.1, "kl": kl,
+          "kl_ci_low": kl * 0.8, "kl_ci_high": kl * 1.2, "second_reward": gold / 2, "n": N,
+          "per_prompt": {"gold_reward": per.tolist(), "second_reward": (per / 2).tolist()}}  # fmt: skip
+    base = {"gold_reward": float(BASE.mean()), "gold_reward_ci_low": 0.0, "gold_reward_ci_high": 0.2, "n": N,
+            "per_prompt": {"gold_reward": BASE.tolist(), "second_reward": (BASE / 2).tolist()}}  # fmt: skip
     csv = d / "metrics.csv"
     csv.write_text("step,train/loss\n0,0.7\n1,0.6\n2,0.5\n")
-    (d / "result.json").write_text(
-        json.dumps(
-            {
-                "method": method,
-                "seed": seed,
-                "eval": ev,
-                "labels_used": 64,
-                "judge_calls": 0,
-                "wall_time_s": 12.0,
-                "base_eval": {"gold_reward": 0.1, "gold_reward_ci_low": 0.0, "gold_reward_ci_high": 0.2},
-                "curves": [{"stage": "train", "csv": str(csv), "metric": "train/loss"}],
-            }
-        )
-    )
+    examples = {"base": [{"prompt": "The film", "completion": "was dull", "gold": -0.3}],
+                "policy": [{"prompt": "The film", "completion": f"was great ({method})", "gold": 0.6}]}  # fmt: skip
+    rec = {"method": method, "seed": seed, "eval": ev, "labels_used": 64, "judge_calls": 0, "wall_time_s": 12.0,
+           "labeller": labeller, "label_audit": {"gold_accuracy": 0.72, "gold_kappa": 0.44}, "variant": variant or {},
+           "base_eval": base, "examples": examples,
+           "curves": [{"stage": "dpo", "csv": str(csv), "metric": "train/loss", "panel": "dpo: train/loss",
+                       "samples_per_step": 8}]}  # fmt: skip
+    (d / "result.json").write_text(json.dumps(rec))
 
 
-def test_mean_ci_over_seeds():
+def test_mean_ci_over_seeds_uses_t_quantiles():
     m, h = mean_ci([1.0, 2.0, 3.0])
     assert m == pytest.approx(2.0) and h == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
+    v = np.arange(12.0)  # df = 11: t = 2.201, not the normal 1.96
+    assert mean_ci(list(v))[1] == pytest.approx(2.201 * v.std(ddof=1) / 12**0.5, rel=1e-3)
     m, h = mean_ci([0.5], [(0.3, 0.9)])
     assert (m, h) == (pytest.approx(0.5), pytest.approx(0.3))
 
 
-def test_report_table_and_plots(tmp_path, capsys):
-    for seed, (g, k) in enumerate([(0.4, 1.0), (0.6, 2.0)]):
-        _run(tmp_path / "runs", "dpo", seed, g, k)
-    _run(tmp_path / "runs", "rlhf", 0, 0.3, 0.5)
+def test_paired_gain_separates_a_real_shift_from_none(tmp_path):
+    _run(tmp_path, "dpo", 0, 0.2, 1.0)
+    _run(tmp_path, "dpo", 1, 0.25, 1.2)
+    _run(tmp_path, "rlhf", 0, 0.0, 0.5)
+    _run(tmp_path, "rlhf", 1, 0.0, 0.6)
+    from alignlab.compare import find_results
+
+    rows = {r["method"]: r for r in summarise(find_results([tmp_path]))}
+    g = rows["dpo"]["gain"]
+    assert g["seeds"] == 2 and g["prompts"] == N and 0.15 < g["ci_low"] < g["mean"] < g["ci_high"] < 0.3
+    assert g["mean"] == pytest.approx(0.225, abs=0.02)
+    h = rows["rlhf"]["gain"]
+    assert h["ci_low"] < 0 < h["ci_high"]
+    # paired: the prompts' own spread (sd 0.3) cancels, so the CI is far narrower than an unpaired one
+    assert g["ci_high"] - g["ci_low"] < 0.3 * 2 * 1.96 / np.sqrt(N) / 2
+    pairs = pairwise(list(rows.values()))
+    assert len(pairs) == 1 and pairs[0]["p_holm"] < 0.05
+    text = verdict(list(rows.values()), pairs)
+    assert "Beat the base policy" in text and "dpo" in text.split("Not distinguishable")[0]
+    assert "rlhf" in text.split("Not distinguishable")[1] and "dpo > rlhf" in text
+
+
+def test_holm_adjusts_every_pair(tmp_path):
+    for m, shift in (("a", 0.0), ("b", 0.01), ("c", 0.02), ("d", 0.3)):
+        _run(tmp_path, m, 0, shift, 1.0)
+    from alignlab.compare import find_results
+
+    rows = summarise(find_results([tmp_path]))
+    pairs = pairwise(rows)
+    assert len(pairs) == 6
+    assert all(p["p_holm"] >= p["p"] for p in pairs)
+    smallest = min(pairs, key=lambda p: p["p"])
+    assert smallest["p_holm"] == pytest.approx(min(1.0, 6 * smallest["p"]))
+
+
+def test_report_table_verdict_examples_and_plots(tmp_path, capsys):
+    for seed, shift in enumerate([0.3, 0.35]):
+        _run(tmp_path / "runs", "dpo", seed, shift, 1.0 + seed)
+    _run(tmp_path / "runs", "rlaif_dpo", 0, 0.0, 0.5, labeller="tuned_smollm2")
+    for beta, kl in ((0.1, 2.0), (0.3, 1.0), (1.0, 0.3)):
+        _run(tmp_path / "runs", "dpo", 0, 0.1, kl, variant={"algo.beta": beta})
     report, tab = write_report([tmp_path / "runs"], tmp_path / "report")
-    lines = [line for line in tab.splitlines() if line.startswith("| dpo") or line.startswith("| rlhf")]
-    assert len(lines) == 2
-    dpo = next(line for line in lines if line.startswith("| dpo"))
-    assert "| 2 |" in dpo and "+0.500 ±" in dpo and "+1.500 ±" in dpo  # means over the two seeds
-    png = (tmp_path / "report" / "frontier.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert (tmp_path / "report" / "curves.png").exists()
-    assert "frontier.png" in report.read_text()
+    text = report.read_text()
+    dpo = next(line for line in tab.splitlines() if line.startswith("| dpo | 2"))
+    assert "**↑**" in dpo  # the paired CI excludes 0
+    rlaif = next(line for line in tab.splitlines() if line.startswith("| rlaif_dpo"))
+    assert "72% (κ +0.44)" in rlaif and "**↑**" not in rlaif
+    assert "## Verdict" in text and "## Between methods" in text and "Holm" in text
+    assert "was great (dpo)" in text and "was dull" in text  # the examples, side by side
+    assert "minimum detectable gain" in text
+    for png in ("frontier.png", "curves.png"):
+        data = (tmp_path / "report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "r2")]) == 0
-    assert "| rlhf | 1 |" in capsys.readouterr().out
+    assert "| rlaif_dpo | 1 |" in capsys.readouterr().out
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from alignlab.data.collate import join
-from alignlab.evaluate import bootstrap_ci, completion_kl, distinct_n, evaluate, evaluate_policy
+from alignlab.evaluate import completion_kl, distinct_n, evaluate, evaluate_policy
 from alignlab.models import LoraSpec, apply_peft
 from alignlab.models.generation import SamplingConfig, sample
 from alignlab.models.logprobs import token_logprobs
-from alignlab.tasks.base import Task, register_task
+from alignlab.models.reference import ReferenceModel
+from alignlab.stats import bootstrap_mean_ci as bootstrap_ci
+from alignlab.tasks.base import Task
 from conftest import compose
 
 PROMPTS = ["The movie was", "I thought it", "The plot felt", "Acting here is", "This film"]
 
 
-@register_task("fake_letters")
 class FakeTask(Task):
     """Gold reward: share of the letter 'a' among completion characters; second: its length / 100."""
 
@@ -62,18 +63,46 @@ def test_base_policy_has_zero_kl_and_all_columns(tiny_lm):
         FakeTask(),
         PROMPTS,
         cfg,
-        reference=tiny_lm.model,
+        reference=ReferenceModel(tiny_lm.model),
         batch_size=2,
         return_samples=True,
         hooks=[lambda s: {"n_rows": len(s.rows())}],
     )
     assert m["n"] == 5 and m["n_rows"] == 5
-    assert m["kl"] == 0.0
+    assert m["kl"] == 0.0  # the reference of a base policy is the policy: no forward pass
+    assert len(m["per_prompt"]["gold_reward"]) == 5
     assert m["gold_reward_ci_low"] <= m["gold_reward"] <= m["gold_reward_ci_high"]
     assert m["gold_reward"] == pytest.approx(np.mean(samples.gold))
     assert m["second_reward"] == pytest.approx(np.mean([len(c) / 100 for c in samples.completions]))
     assert 1 <= m["completion_length"] <= 8
     assert 0 <= m["distinct_1"] <= 1 and 0 <= m["distinct_2"] <= 1
+
+
+def test_kl_against_a_separate_copy_is_measured_not_assumed(tiny_lm):
+    import copy
+
+    cfg = SamplingConfig(max_new_tokens=8)
+    same = ReferenceModel(tiny_lm.model, copy.deepcopy(tiny_lm.model))  # frozen: KL by two forward passes
+    m = evaluate_policy(tiny_lm.model, tiny_lm.tokenizer, FakeTask(), PROMPTS, cfg, reference=same)
+    assert m["kl"] == pytest.approx(0.0, abs=1e-5)
+    other = copy.deepcopy(tiny_lm.model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    m = evaluate_policy(tiny_lm.model, tiny_lm.tokenizer, FakeTask(), PROMPTS * 4, cfg,
+                        reference=ReferenceModel(tiny_lm.model, other))  # fmt: skip
+    assert m["kl"] > 0.05 and m["kl_ci_low"] > 0
+
+
+def test_samples_per_prompt_pairs_statistics_by_prompt(tiny_lm):
+    cfg = SamplingConfig(max_new_tokens=6)
+    m, s = evaluate_policy(tiny_lm.model, tiny_lm.tokenizer, FakeTask(), PROMPTS[:3], cfg,
+                           samples_per_prompt=4, batch_size=5, return_samples=True)  # fmt: skip
+    assert m["n"] == 3 and m["samples_per_prompt"] == 4 and len(s.completions) == 12
+    assert s.prompts[:4] == [PROMPTS[0]] * 4  # a prompt's samples side by side
+    per = np.asarray(s.gold).reshape(3, 4).mean(1)
+    np.testing.assert_allclose(m["per_prompt"]["gold_reward"], per, atol=1e-6)
+    assert m["gold_reward"] == pytest.approx(per.mean())
 
 
 def test_kl_to_adapter_disabled_reference(tiny_lm):
@@ -90,7 +119,7 @@ def test_kl_to_adapter_disabled_reference(tiny_lm):
     # the per-sample estimate equals the summed log-ratio computed by hand
     ids = [tiny_lm.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS[:2]]
     gen = sample(policy, tiny_lm.tokenizer, ids, cfg, generator_seed=0)
-    kl = completion_kl(policy, "adapter", ids, gen.completion_ids, gen.completion_mask, 0)
+    kl = completion_kl(policy, ReferenceModel(policy), ids, gen.completion_ids, gen.completion_mask, 0)
     seqs = join(ids, [c[m.bool()].tolist() for c, m in zip(gen.completion_ids, gen.completion_mask)], 0)
     with torch.no_grad():
         lp, mask = token_logprobs(policy, *seqs)
@@ -110,7 +139,7 @@ def test_evaluate_app_writes_metrics(tmp_path, tiny_lm):
         [
             "model=tiny",
             "~task",
-            "+task.name=fake_letters",
+            "+task._target_=test_evaluate.FakeTask",
             f"policy_path={policy_dir}",
             "n_prompts=3",
             "sampling.max_new_tokens=6",
@@ -128,8 +157,8 @@ def test_evaluate_app_writes_metrics(tmp_path, tiny_lm):
     assert len((out / "samples.jsonl").read_text().splitlines()) == 3
 
 
-def test_reference_adapter_needs_a_lora_policy(tiny_lm):
-    with pytest.raises(ValueError, match="LoRA"):
+def test_reference_must_be_a_reference_model(tiny_lm):
+    with pytest.raises(TypeError, match="ReferenceModel"):
         evaluate_policy(
             tiny_lm.model, tiny_lm.tokenizer, FakeTask(), PROMPTS, SamplingConfig(), reference="adapter"
         )

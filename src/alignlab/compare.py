@@ -1,14 +1,18 @@
 """The comparison report: ``python -m alignlab.compare [roots...] [--out DIR]``.
 
-Reads finished pipeline runs (``result.json``, written by ``alignlab.pipeline``) under the given roots,
-and writes ``report.md`` with one row per method (mean over seeds with a 95% CI), a reward-vs-KL
-frontier plot in the manner of the DPO paper, and training curves. Prints the table.
+Reads finished pipeline runs (``result.json``, written by ``alignlab.pipeline``) under the given roots and
+writes ``report.md``: per method the gold reward, the **paired gain over the base policy** (per-prompt
+differences on the same held-out prompts, bootstrap 95% CI over seeds then prompts), the second scorer's
+gain beside it (over-optimisation shows as a gold gain the second scorer does not share), KL, labels and
+judge calls, the labeller's audit for judge-labelled methods; every pair of methods' paired difference
+with Holm-adjusted p-values; the minimum detectable effect of the run's size; a verdict paragraph made
+from those numbers; example completions; ``frontier.png`` and ``curves.png`` (``alignlab.compare_plots``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import itertools
 import json
 import math
 import sys
@@ -17,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alignlab.utils.io import atomic_open, write_text
+from alignlab.stats import holm, minimum_detectable_effect, paired_gain, t_mean_ci
+from alignlab.utils.io import write_text
 
-# Student-t 97.5% quantiles for small numbers of seeds (df = n - 1).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+ALPHA = 0.05
 
 
 def find_results(roots: list[Path]) -> list[dict]:
@@ -43,30 +47,46 @@ def find_results(roots: list[Path]) -> list[dict]:
 
 
 def mean_ci(values: list[float], within: list[tuple[float, float]] | None = None) -> tuple[float, float]:
-    """Mean and 95% CI half-width over seeds (Student t); one seed falls back to its own bootstrap CI."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    if v.size == 1:
-        if within and within[0][0] is not None:
-            lo, hi = within[0]
-            return float(v[0]), float((hi - lo) / 2)
-        return float(v[0]), float("nan")
-    half = _T975.get(v.size - 1, 1.96) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean()), float(half)
+    """Mean and 95% CI half-width over seeds (Student t, scipy); one seed falls back to its own CI."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    m, half = t_mean_ci(v)
+    if len(v) == 1 and within and within[0][0] is not None:
+        lo, hi = within[0]
+        return float(v[0]), float((hi - lo) / 2)
+    return m, half
 
 
-def _label(r: dict) -> str:
+def label_of(r: dict) -> str:
     variant = r.get("variant") or {}
     return r["method"] + (
         "" if not variant else " (" + ", ".join(f"{k}={v}" for k, v in sorted(variant.items())) + ")"
     )
 
 
+def _per_prompt(ev: dict | None, name: str) -> np.ndarray | None:
+    values = ((ev or {}).get("per_prompt") or {}).get(name)
+    return None if values is None else np.asarray(values, dtype=float)
+
+
+def paired_matrix(runs: list[dict], name: str, against=None) -> np.ndarray | None:
+    """Seeds x prompts of per-prompt differences: each run minus its own base policy (``against`` None)
+    or minus the run of ``against`` (a dict seed -> run) with the same seed."""
+    rows = []
+    for r in sorted(runs, key=lambda r: r.get("seed") or 0):
+        a = _per_prompt(r["eval"], name)
+        other = r.get("base_eval") if against is None else (against.get(r.get("seed")) or {}).get("eval")
+        b = _per_prompt(other, name)
+        if a is None or b is None or a.shape != b.shape:
+            continue
+        rows.append(a - b)
+    return np.stack(rows) if rows else None
+
+
 def summarise(results: list[dict]) -> list[dict]:
+    """One row per method (or sweep point): means over seeds and paired gains over the base policy."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:
-        groups[_label(r)].append(r)
+        groups[label_of(r)].append(r)
     rows = []
     for label, rs in sorted(groups.items()):
         ev = [r["eval"] for r in rs]
@@ -76,20 +96,46 @@ def summarise(results: list[dict]) -> list[dict]:
                 [e.get(name) for e in ev], [(e.get(f"{name}_ci_low"), e.get(f"{name}_ci_high")) for e in ev]
             )
 
-        rows.append(
-            {
-                "method": label,
-                "seeds": len(rs),
-                "gold_reward": stat("gold_reward"),
-                "second_reward": stat("second_reward"),
-                "kl": stat("kl"),
-                "win_rate": stat("win_rate"),
-                "labels": int(np.mean([r.get("labels_used", 0) or 0 for r in rs])),
-                "judge_calls": int(np.mean([r.get("judge_calls", 0) or 0 for r in rs])),
-                "wall_time_s": float(np.mean([r.get("wall_time_s", 0.0) or 0.0 for r in rs])),
-            }
-        )
+        row = {
+            "method": label, "base_method": rs[0]["method"], "runs": rs, "seeds": len(rs),
+            "labeller": rs[0].get("labeller"), "variant": rs[0].get("variant") or {},
+            "gold_reward": stat("gold_reward"), "second_reward": stat("second_reward"), "kl": stat("kl"),
+            "win_rate": stat("win_rate"),
+            "labels": int(np.mean([r.get("labels_used", 0) or 0 for r in rs])),
+            "judge_calls": int(np.mean([r.get("judge_calls", 0) or 0 for r in rs])),
+            "wall_time_s": float(np.mean([r.get("wall_time_s", 0.0) or 0.0 for r in rs])),
+            "audit": rs[0].get("label_audit") or {},
+        }  # fmt: skip
+        for name, key in (("gold_reward", "gain"), ("second_reward", "second_gain")):
+            d = paired_matrix(rs, name)
+            row[key] = None if d is None else paired_gain(d)
+            if key == "gain" and d is not None:  # what a run of this size could have detected
+                if d.shape[0] == 1:
+                    row["mde"] = minimum_detectable_effect(float(d[0].std(ddof=1)), d.shape[1])
+                else:  # from the two-level bootstrap's standard error: (z_.975 + z_.8) x SE
+                    row["mde"] = 2.80 * (row["gain"]["ci_high"] - row["gain"]["ci_low"]) / (2 * 1.96)
+        rows.append(row)
     return rows
+
+
+def pairwise(rows: list[dict]) -> list[dict]:
+    """The paired difference in gold reward of every pair of rows (matched seeds, same prompts), with
+    Holm-adjusted p-values over all pairs."""
+    out = []
+    for a, b in itertools.combinations(rows, 2):
+        d = paired_matrix(a["runs"], "gold_reward", against={r.get("seed"): r for r in b["runs"]})
+        if d is not None:
+            out.append({"a": a["method"], "b": b["method"], **paired_gain(d)})
+    for o, p in zip(out, holm([o["p"] for o in out])):
+        o["p_holm"] = p
+    return out
+
+
+def _ci(g: dict | None, digits: int = 3) -> str:
+    if not g:
+        return "n/a"
+    mark = " **↑**" if g["ci_low"] > 0 else " **↓**" if g["ci_high"] < 0 else ""
+    return f"{g['mean']:+.{digits}f} [{g['ci_low']:+.{digits}f}, {g['ci_high']:+.{digits}f}]{mark}"
 
 
 def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
@@ -99,103 +145,102 @@ def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
     return f"{m:+.{digits}f}" + ("" if not math.isfinite(h) else f" ± {h:.{digits}f}")
 
 
+def _audit(row: dict) -> str:
+    a = row.get("audit") or {}
+    if row.get("labeller") in (None, "gold") or a.get("gold_accuracy") is None:
+        return "" if row.get("labeller") in (None, "gold") else "n/a"
+    kappa = a.get("gold_kappa", a.get("cohen_kappa"))
+    return f"{a['gold_accuracy']:.0%}" + ("" if kappa is None else f" (κ {kappa:+.2f})")
+
+
 def table(rows: list[dict]) -> str:
-    head = "| method | seeds | gold reward | second scorer | KL to ref | judge win rate | labels | judge calls | wall time |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| method | seeds | gold reward | paired gain over base [95% CI] | second-scorer gain [95% CI] | "
+            "KL to ref | judge win rate | labels | judge calls | labeller agreement with gold | wall time |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['seeds']} | {_fmt(r['gold_reward'])} | {_fmt(r['second_reward'])} | "
-            f"{_fmt(r['kl'])} | {_fmt(r['win_rate'], 2)} | {r['labels']} | {r['judge_calls']} | {r['wall_time_s']:.0f} s |"
+            f"| {r['method']} | {r['seeds']} | {_fmt(r['gold_reward'])} | {_ci(r.get('gain'))} | "
+            f"{_ci(r.get('second_gain'))} | {_fmt(r['kl'])} | {_fmt(r['win_rate'], 2)} | {r['labels']} | "
+            f"{r['judge_calls']} | {_audit(r)} | {r['wall_time_s']:.0f} s |"
         )
     return "\n".join(lines)
 
 
-def frontier_plot(results: list[dict], path: Path) -> Path:
-    """Gold reward against KL to the reference, one point per run, error bars = each run's 95% CI."""
-    import matplotlib
+def pairwise_table(pairs: list[dict]) -> str:
+    lines = ["| A | B | A − B gold reward [95% CI] | p | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+    for p in sorted(pairs, key=lambda p: p["p_holm"]):
+        verdict = ("A > B" if p["mean"] > 0 else "B > A") if p["p_holm"] < ALPHA else "not significant"
+        lines.append(f"| {p['a']} | {p['b']} | {_ci(p)} | {p['p']:.3f} | {p['p_holm']:.3f} | {verdict} |")
+    return "\n".join(lines)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    labels = sorted({_label(r) for r in results})
-    colours = plt.get_cmap("tab10")
-    for i, label in enumerate(labels):
-        rs = [r for r in results if _label(r) == label]
-        xs = [r["eval"].get("kl") or 0.0 for r in rs]
-        ys = [r["eval"]["gold_reward"] for r in rs]
-        yerr = [
-            [y - (r["eval"].get("gold_reward_ci_low") or y) for y, r in zip(ys, rs)],
-            [(r["eval"].get("gold_reward_ci_high") or y) - y for y, r in zip(ys, rs)],
-        ]
-        xerr = [
-            [x - (r["eval"].get("kl_ci_low") or x) for x, r in zip(xs, rs)],
-            [(r["eval"].get("kl_ci_high") or x) - x for x, r in zip(xs, rs)],
-        ]
-        ax.errorbar(
-            xs, ys, yerr=yerr, xerr=xerr, fmt="o", color=colours(i % 10), label=label, capsize=3, alpha=0.85
+def verdict(rows: list[dict], pairs: list[dict]) -> str:
+    """A short paragraph made from the numbers: who beat base, who beat whom, what the run cannot resolve."""
+    up = [r["method"] for r in rows if r.get("gain") and r["gain"]["ci_low"] > 0]
+    down = [r["method"] for r in rows if r.get("gain") and r["gain"]["ci_high"] < 0]
+    flat = [r["method"] for r in rows if r.get("gain") and r["method"] not in up + down]
+    out = []
+    out.append(
+        ("Beat the base policy (paired 95% CI above 0): " + ", ".join(up) + ". ") if up
+        else "No method beat the base policy with a paired 95% CI above 0. "
+    )  # fmt: skip
+    if down:
+        out.append("Below the base policy: " + ", ".join(down) + ". ")
+    if flat:
+        out.append("Not distinguishable from the base policy at this size: " + ", ".join(flat) + ". ")
+    sig = [p for p in pairs if p["p_holm"] < ALPHA]
+    if sig:
+        wins = [f"{p['a']} > {p['b']}" if p["mean"] > 0 else f"{p['b']} > {p['a']}" for p in sig]
+        out.append("Between methods (Holm-adjusted p < 0.05): " + "; ".join(wins) + f". The other {len(pairs) - len(sig)} "
+                   "pairs are not significant. ")  # fmt: skip
+    elif pairs:
+        out.append(
+            f"No difference between two methods is significant after Holm's correction ({len(pairs)} pairs). "
         )
-    base = [r.get("base_eval") for r in results if r.get("base_eval")]
-    if base:
-        b = base[0]
-        ax.axhline(b["gold_reward"], color="grey", linestyle="--", linewidth=1, label="base policy")
-    ax.set_xlabel("KL(π ‖ π_ref) per completion (nats, Monte-Carlo)")
-    ax.set_ylabel("mean gold reward (held-out prompts)")
-    ax.set_title("Reward vs KL frontier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with atomic_open(path, "wb", encoding=None) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+    over = [r["method"] for r in rows if r.get("gain") and r.get("second_gain") and r["gain"]["ci_low"] > 0
+            and r["second_gain"]["ci_high"] < r["gain"]["ci_low"] / 2]  # fmt: skip
+    if over:
+        out.append("Gold gains the second scorer shares less than half of (a lexicon-pleasing signature): "
+                   + ", ".join(over) + ". ")  # fmt: skip
+    mdes = [r["mde"] for r in rows if r.get("mde") is not None and math.isfinite(r["mde"])]
+    if mdes:
+        out.append(f"With this run's size the minimum detectable gain over base (80% power, α = 0.05) is about "
+                   f"{float(np.median(mdes)):.3f} gold reward (median over methods).")  # fmt: skip
+    return "".join(out).strip()
 
 
-def _read_curve(csv_path: Path, metric: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    with open(csv_path) as f:
-        for row in csv.DictReader(f):
-            if row.get(metric):
-                xs.append(float(row.get("step") or len(xs)))
-                ys.append(float(row[metric]))
-    return xs, ys
+def examples(results: list[dict], n: int = 4) -> str:
+    """The same held-out prompts: the base policy's completion and each method's (its first seed)."""
+    firsts: dict[str, dict] = {}
+    for r in sorted(results, key=lambda r: (label_of(r), r.get("seed") or 0)):
+        firsts.setdefault(label_of(r), r)
+    base = next((r.get("examples", {}).get("base") for r in firsts.values() if r.get("examples")), None)
+    if not base:
+        return ""
+    lines = []
+    for i, ex in enumerate(base[:n]):
+        lines += [
+            f"**Prompt {i + 1}:** `{ex['prompt']}`",
+            "",
+            "| policy | completion | gold |",
+            "|---|---|---|",
+        ]
+        lines.append(f"| base | {_cell(ex['completion'])} | {ex['gold']:+.2f} |")
+        for label, r in firsts.items():
+            pol = (r.get("examples") or {}).get("policy") or []
+            if i < len(pol) and pol[i]["prompt"] == ex["prompt"]:
+                lines.append(f"| {label} | {_cell(pol[i]['completion'])} | {pol[i]['gold']:+.2f} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def curves_plot(results: list[dict], path: Path) -> Path | None:
-    """Training curves of each run's training stages (``curves`` entries: csv path + metric)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = []
-    for r in results:
-        for c in r.get("curves", []):
-            p = Path(c["csv"])
-            if p.exists():
-                xs, ys = _read_curve(p, c["metric"])
-                if xs:
-                    series.append((f"{_label(r)} s{r.get('seed')}: {c['stage']}", c["metric"], xs, ys))
-    if not series:
-        return None
-    metrics = sorted({s[1] for s in series})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), dpi=110, squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for name, m, xs, ys in series:
-            if m == metric:
-                ax.plot(xs, ys, label=name, linewidth=1.2)
-        ax.set_title(metric)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_open(path, "wb", encoding=None) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
 
 
 def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
+    from alignlab.compare_plots import curves_plot, frontier_plot
+
     results = find_results(roots)
     if not results:
         raise FileNotFoundError(
@@ -203,33 +248,41 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
             "(make compare, or python -m alignlab.pipeline method=dpo)"
         )
     rows = summarise(results)
+    pairs = pairwise([r for r in rows if r.get("gain")])
     tab = table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     frontier_plot(results, out_dir / "frontier.png")
     curves = curves_plot(results, out_dir / "curves.png")
     base = next((r["base_eval"] for r in results if r.get("base_eval")), None)
-    parts = [
-        "# alignlab comparison report",
-        "",
-        f"{len(results)} runs, {len(rows)} methods. Gold reward, second scorer and KL are measured on held-out "
-        "prompts; ± is the 95% CI over seeds (Student t), or the run's own bootstrap CI when there is one seed. "
-        "KL is the Monte-Carlo sequence-level estimate against the reference policy.",
-        "",
-        tab,
-        "",
-    ]
+    size = ""
     if base:
-        parts += [
-            f"Base policy: gold reward {base['gold_reward']:+.3f} "
-            f"[{base.get('gold_reward_ci_low', float('nan')):+.3f}, {base.get('gold_reward_ci_high', float('nan')):+.3f}].",
-            "",
-        ]
-    parts += ["![reward vs KL](frontier.png)", ""]
+        seeds = sorted({r.get("seed") for r in results})
+        size = (f"{base.get('n')} held-out prompts × {base.get('samples_per_prompt', 1)} samples each, "
+                f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})")  # fmt: skip
+    parts = [
+        "# alignlab comparison report", "",
+        f"{len(results)} runs, {len(rows)} methods; {size}. Every policy, the base included, is evaluated on "
+        "the same held-out prompts with the same sampling seeds. **Paired gain** = mean per-prompt difference "
+        "from the base policy, 95% bootstrap CI (over seeds, then prompts); **↑**/**↓** mark CIs that exclude "
+        "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
+        "the Monte-Carlo sequence-level estimate against the reference policy.", "",
+        "## Verdict", "", verdict(rows, pairs), "", tab, "",
+    ]  # fmt: skip
+    if base:
+        parts += [f"Base policy: gold reward {base['gold_reward']:+.3f} [{base.get('gold_reward_ci_low', float('nan')):+.3f}, "
+                  f"{base.get('gold_reward_ci_high', float('nan')):+.3f}].", ""]  # fmt: skip
+    if pairs:
+        parts += ["## Between methods", "", "Paired differences on the same prompts and seeds; p-values from the "
+                  "bootstrap, Holm-adjusted over all pairs.", "", pairwise_table(pairs), ""]  # fmt: skip
+    parts += ["## Reward vs KL", "", "![reward vs KL](frontier.png)", ""]
     if curves:
-        parts += ["![training curves](curves.png)", ""]
-    parts += ["Runs:", ""] + [f"- `{r['_path']}`" for r in sorted(results, key=lambda r: r["_path"])]
+        parts += ["## Training curves", "", "![training curves](curves.png)", ""]
+    ex = examples(results)
+    if ex:
+        parts += ["## Examples", "", ex]
+    parts += ["## Runs", ""] + [f"- `{r['_path']}`" for r in sorted(results, key=lambda r: r["_path"])]
     report = write_text(out_dir / "report.md", "\n".join(parts) + "\n")
-    return report, tab
+    return report, tab + ("\n\n" + verdict(rows, pairs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignlab-compare: {e}", file=sys.stderr)
         return 2
     print(tab)
-    print(f"\nreport: {report}\nplot:   {report.parent / 'frontier.png'}")
+    print(f"\nreport: {report}\nplots:  {report.parent / 'frontier.png'}, {report.parent / 'curves.png'}")
     return 0
 
 

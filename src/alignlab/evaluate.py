@@ -62,17 +62,6 @@ class EvalSamples:
 MetricHook = Callable[[EvalSamples], dict]
 
 
-def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0):
-    """Percentile bootstrap CI of the mean: (low, high). A single value gives (v, v)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("bootstrap_ci of an empty sample")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(n_resamples, values.size))
-    means = values[idx].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams, over all completions."""
     grams = []
@@ -93,21 +82,17 @@ def completion_kl(
 ) -> torch.Tensor:
     """Per-sample sum_t [log pi(y_t) - log pi_ref(y_t)] over the completion tokens, shape (B,).
 
-    ``reference`` is a model, or ``"adapter"`` for the same (LoRA) model with its adapter disabled.
+    ``reference``: the policy's ``ReferenceModel`` (``alignlab.models.reference``).
     """
     from alignlab.data.collate import join
     from alignlab.models.logprobs import token_logprobs
-    from alignlab.models.peft import reference_mode
 
     completions = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
     device = next(model.parameters()).device
     ids, attn, loss = (t.to(device) for t in join(prompt_ids, completions, pad_id))  # (B, T)
     logps, mask = token_logprobs(model, ids, attn, loss)
-    if reference == "adapter":
-        with reference_mode(model):
-            ref_logps, _ = token_logprobs(model, ids, attn, loss)
-    else:
-        ref_logps, _ = token_logprobs(reference, ids, attn, loss)
+    with reference as ref:
+        ref_logps, _ = token_logprobs(ref, ids, attn, loss)
     return ((logps - ref_logps) * mask).sum(-1).float().cpu()
 
 
@@ -129,26 +114,36 @@ def evaluate_policy(
     return_samples: bool = False,
     journal_path: str | Path | None = None,
     fingerprint: str = "",
+    samples_per_prompt: int = 1,
 ):
     """Sample one completion per prompt, score it and measure the KL to the reference. Returns the metrics
     dict (and the ``EvalSamples`` with ``return_samples``).
 
-    ``reference``: ``"auto"`` (adapter disabled for a LoRA model, else no KL), ``"adapter"``, a model, the
-    policy itself (KL = 0 exactly, no extra forward) or None (no KL).
+    ``reference``: ``"auto"`` (adapter disabled for a LoRA model, else no KL), a ``ReferenceModel`` (one of
+    kind ``policy``, the policy itself, gives KL = 0 exactly with no extra forward) or None (no KL).
+    ``samples_per_prompt``: k completions per prompt; every statistic is over prompts (the mean of
+    their k scores), the unit a paired comparison of two policies on the same prompts pairs.
     ``journal_path``: finished batches are journaled there (``alignlab.tasks.pairs.BatchJournal``) and
     not sampled again by a rerun with the same ``fingerprint`` (policy identity), so a killed run resumes.
     """
     from alignlab.data.tokenize import Formatter
     from alignlab.models.generation import sample
     from alignlab.models.peft import is_peft
+    from alignlab.models.reference import ReferenceModel
+    from alignlab.stats import bootstrap_mean_ci
     from alignlab.tasks.pairs import BatchJournal, work_fingerprint
 
     if not prompts:
         raise ValueError("evaluate_policy needs at least one prompt")
-    if reference == "auto":
-        reference = "adapter" if is_peft(model) else None
-    if reference == "adapter" and not is_peft(model):
-        raise ValueError("reference='adapter' needs a LoRA (peft) policy; pass the base model as reference")
+    k = int(samples_per_prompt)
+    if k < 1:
+        raise ValueError(f"samples_per_prompt={k} must be >= 1")
+    unique = list(prompts)
+    prompts = [p for p in unique for _ in range(k)]  # (N * k,): the k samples of a prompt side by side
+    if isinstance(reference, str) and reference == "auto":
+        reference = ReferenceModel(model) if is_peft(model) else None
+    if reference is not None and not isinstance(reference, ReferenceModel):
+        raise TypeError(f"reference={reference!r}: give 'auto', None or the policy's ReferenceModel")
     fmt = Formatter(
         tokenizer,
         use_chat_template,
@@ -160,8 +155,8 @@ def evaluate_policy(
     texts, lengths, stopped, kls = [], [], [], []
     was_training = model.training
     model.eval()
-    ref_kind = "none" if reference is None else "self" if reference is model else str(type(reference))
-    work = work_fingerprint(fingerprint, prompt_ids, vars(sampling), batch_size, seed, ref_kind)
+    ref_kind = "none" if reference is None else reference.kind
+    work = work_fingerprint(fingerprint, prompt_ids, vars(sampling), batch_size, seed, ref_kind, k)
     journal = BatchJournal(journal_path, work)
     elapsed = 0.0
     # 1. sample and measure the KL, batch by batch (each batch seeded on its own: journaled batches are
@@ -172,7 +167,7 @@ def evaluate_policy(
             start = time.perf_counter()
             gen = sample(model, tokenizer, ids, sampling, generator_seed=seed + b)
             kl = None
-            if reference is model:
+            if reference is not None and reference.kind == "policy":
                 kl = [0.0] * len(ids)
             elif reference is not None:
                 kl = completion_kl(
@@ -203,13 +198,15 @@ def evaluate_policy(
         np.asarray(lengths),
         np.asarray(stopped, dtype=bool),
     )
-    # 3. summarise
-    m: dict = {"n": len(prompts)}
+    # 3. summarise over prompts: the mean of each prompt's k samples, saved per prompt for paired tests
+    m: dict = {"n": len(unique), "samples_per_prompt": k, "per_prompt": {}}
     for name, values in (("gold_reward", gold), ("second_reward", second), ("kl", samples.kl)):
         if values is None:
             m[name] = None
             continue
-        lo, hi = bootstrap_ci(values, n_bootstrap, seed=seed)
+        values = values.reshape(len(unique), k).mean(axis=1)  # (N,)
+        m["per_prompt"][name] = [round(float(x), 6) for x in values]
+        lo, hi = bootstrap_mean_ci(values, n_bootstrap, seed=seed)
         m.update(
             {
                 name: float(values.mean()),
@@ -229,55 +226,28 @@ def evaluate_policy(
     return (m, samples) if return_samples else m
 
 
-def load_policy(cfg: DictConfig):
-    """The policy and its reference for ``cfg``: (model, tokenizer, reference, description)."""
-    from hydra.utils import instantiate
-
-    from alignlab.models.loader import load_policy as load
-
-    spec = instantiate(cfg.model)
-    model, tokenizer, kind = load(spec, cfg.get("policy_path"))
-    if kind == "base":
-        return model, tokenizer, model, "base"
-    if kind == "adapter":  # LoRA policy: reference = the same model with the adapter disabled
-        return model, tokenizer, "adapter", str(cfg.policy_path)
-    return model, tokenizer, spec.load().model, str(cfg.policy_path)  # full fine-tune: reference = base
-
-
-def build_task(task_cfg):
-    """A Task from a config: ``{_target_: ...}``, a name, or ``{name: ..., **kwargs}``."""
-    from hydra.utils import instantiate
-
-    from alignlab.tasks import get_task
-
-    if isinstance(task_cfg, str):
-        return get_task(task_cfg)
-    if "_target_" in task_cfg:
-        return instantiate(task_cfg)
-    kwargs = {k: v for k, v in task_cfg.items() if k != "name"}
-    return get_task(task_cfg.name, **kwargs)
-
-
 def evaluate(cfg: DictConfig) -> dict:
     """Run one evaluation described by ``cfg``; returns the metrics written to ``metrics.json``."""
     configure_runtime()
     from hydra.utils import instantiate
 
     from alignlab.models.generation import SamplingConfig
+    from alignlab.models.reference import load_policy
     from alignlab.tasks.pairs import dir_stamp, work_fingerprint
     from alignlab.utils.io import write_json, write_jsonl
 
     out = Path(cfg.paths.output_dir)
     torch.manual_seed(cfg.seed)
+    from alignlab.tasks import build_task
+
     task = build_task(cfg.task)
     prompts = task.prompts(cfg.split)
     if cfg.get("n_prompts"):
         prompts = prompts[: int(cfg.n_prompts)]
-    model, tokenizer, reference, name = load_policy(cfg)
     device = "cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu"
-    model.to(device).eval()
-    if isinstance(reference, torch.nn.Module) and reference is not model:
-        reference.to(device).eval()
+    policy = load_policy(instantiate(cfg.model), cfg.get("policy_path"), device)
+    model, tokenizer, reference = policy.model, policy.tokenizer, policy.ref_model
+    name = "base" if policy.kind == "base" else str(cfg.policy_path)
     sampling = instantiate(cfg.sampling) if "_target_" in cfg.sampling else SamplingConfig(**cfg.sampling)
     fmt = cfg.prompt_format
     # a killed evaluation resumes at its first unfinished batch (the journal is dropped once metrics exist)
@@ -286,12 +256,20 @@ def evaluate(cfg: DictConfig) -> dict:
     work = work_fingerprint(
         OmegaConf.to_container(cfg.model, resolve=True), policy_path, dir_stamp(policy_path), device
     )
+    hooks = []
+    reference_samples = (cfg.get("win_rate") or {}).get("reference_samples")
+    if cfg.get("judge") and reference_samples:  # the judge's win rate against a reference policy's samples
+        from alignlab.win_rate import win_rate_hook
+
+        hooks.append(win_rate_hook(instantiate(cfg.judge), task, reference_samples, int(cfg.seed)))
     metrics, samples = evaluate_policy(
         model,
         tokenizer,
         task,
         prompts,
         sampling,
+        hooks=hooks,
+        samples_per_prompt=int(cfg.get("samples_per_prompt") or 1),
         reference=reference,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -329,7 +307,8 @@ def summary(m: dict) -> str:
 
     return "\n".join(
         [
-            f"policy {m.get('policy')} on {m.get('task')}@{m.get('split')} ({m['n']} prompts)",
+            f"policy {m.get('policy')} on {m.get('task')}@{m.get('split')} ({m['n']} prompts x "
+            f"{m.get('samples_per_prompt', 1)} samples)",
             "  " + ci("gold_reward"),
             "  " + ci("second_reward"),
             "  " + ci("kl"),

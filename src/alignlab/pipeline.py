@@ -215,10 +215,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     runner = Runner(Path(cfg.artifacts_dir))
+    configs = {}
     for name, stage in stage_list(cfg):
         # the policy stage is stored under its budget's name (ppo, rloo, dpo): one directory kind per recipe
         kind = stage.get("budget") if name == "policy" else name
-        runner.run(name, stage["app"], stage_config(cfg, stage, runner.dirs), kind)
+        configs[name] = stage_config(cfg, stage, runner.dirs)
+        runner.run(name, stage["app"], configs[name], kind)
 
     base = json.loads((runner.dirs["eval_base"] / "metrics.json").read_text())
     ev = json.loads((runner.dirs["eval"] / "metrics.json").read_text())
@@ -231,11 +233,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
     judge_calls += sum(
         int(i.get("reward/judge_queries") or 0) + int(i.get("win_rate_pairs") or 0) for i in info
     )
-    curves = [
-        {"stage": s["stage"], "csv": f"{s['dir']}/csv/metrics.csv",
-         "metric": "train/loss" if s["stage"] in ("reward_model", "dpo") else "objective/score"}
-        for s in runner.stages if s["name"] in ("reward_model", "policy")
-    ]  # fmt: skip
+    curves = [_curve(s, configs[s["name"]]) for s in runner.stages if s["name"] in ("reward_model", "policy")]
+    examples = {k: _examples(runner.dirs[d]) for k, d in (("base", "eval_base"), ("policy", "eval"))}
     labels = next((s["info"] for s in runner.stages if s["name"] == "labels"), {})
     record = {
         "method": cfg.method.name,
@@ -255,6 +254,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
         "this_run_s": round(time.perf_counter() - start, 1),
         "stages": runner.stages,
         "curves": curves,
+        "examples": examples,
     }
     out = Path(cfg.paths.output_dir)
     write_json(out / "result.json", record)
@@ -264,6 +264,37 @@ def run_pipeline(cfg: DictConfig) -> dict:
         flush=True,
     )
     return record
+
+
+def _curve(stage: dict, cfg: DictConfig) -> dict:
+    """Where a training stage's curve is, which metric, its panel, and training samples per step."""
+    algo = cfg.algo._target_.rsplit(".", 1)[-1]
+    batch = int(cfg.data.batch_size)
+    if algo in ("RewardModule", "DPOModule"):
+        return {"stage": stage["stage"], "csv": f"{stage['dir']}/csv/metrics.csv", "metric": "train/loss",
+                "panel": f"{stage['stage']}: train/loss", "samples_per_step": batch}  # fmt: skip
+    # online RL: a step is one optimiser update; PPO makes ppo_epochs x num_minibatches per rollout batch
+    per_batch = int(cfg.algo.get("ppo_epochs", 1)) * int(cfg.algo.get("num_minibatches", 1))
+    completions = batch * int(cfg.algo.get("k", 1))
+    reward = cfg.algo.reward._target_.rsplit(".", 1)[-1]
+    return {"stage": stage["stage"], "csv": f"{stage['dir']}/csv/metrics.csv", "metric": "objective/score",
+            "panel": f"RL score ({reward})", "samples_per_step": completions / per_batch}  # fmt: skip
+
+
+def _examples(eval_dir: Path, n: int = 4) -> list[dict]:
+    """The first held-out prompts' completions of an evaluation (the report shows them side by side)."""
+    import json
+
+    path = eval_dir / "samples.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines()[: n * 8] if x.strip()]
+    seen, out = set(), []
+    for r in rows:  # the first sample of each prompt
+        if r["prompt"] not in seen and len(out) < n:
+            seen.add(r["prompt"])
+            out.append({k: r[k] for k in ("prompt", "completion", "gold")})
+    return out
 
 
 def log_to_wandb(cfg: DictConfig, record: dict) -> None:
