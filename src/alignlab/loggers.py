@@ -1,10 +1,24 @@
-"""Loggers: wandb (offline unless the user is logged in; never blocks on the network), CSV, none."""
+"""Loggers: wandb (offline unless the user is logged in; never blocks on the network), CSV, none.
+
+Also the run's whole config for every logger, stage runs kept apart from a wandb agent's sweep run, and a
+reader for offline run files (tests and tools check what a run logged without a server)."""
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+# Environment variables a wandb agent sets for the one run it started (the pipeline's summary run).
+SWEEP_RUN_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME")
 
 
 def wandb_logged_in() -> bool:
@@ -29,6 +43,14 @@ def resolve_wandb_mode(mode: str | None) -> str:
     return mode
 
 
+def wandb_settings(console: str = "auto", system_metrics: bool = True):
+    """``wandb.Settings`` for our runs: quiet; ``console`` capture (auto|off|wrap|redirect) and system
+    metrics (CPU/GPU/memory every few seconds) as configured."""
+    import wandb
+
+    return wandb.Settings(silent=True, console=console, x_disable_stats=not system_metrics)
+
+
 def make_wandb_logger(
     project: str = "alignlab",
     save_dir: str = ".",
@@ -39,8 +61,24 @@ def make_wandb_logger(
     entity: str | None = None,
     log_model: bool = False,
     job_type: str | None = None,
+    console: str = "auto",
+    system_metrics: bool = True,
 ):
-    """A Lightning ``WandbLogger``; the run directory lands in ``save_dir/wandb``."""
+    """A Lightning ``WandbLogger``; the run directory lands in ``save_dir/wandb``.
+
+    Args:
+        project: wandb project.
+        save_dir: directory that gets ``wandb/``.
+        name: run name (wandb picks one when null).
+        group: runs of one comparison or sweep share a group.
+        tags: run tags.
+        mode: ``auto`` (online when logged in), ``online``, ``offline`` or ``disabled``.
+        entity: wandb entity (user or team); null for the default.
+        log_model: upload checkpoints as wandb artifacts.
+        job_type: what kind of job the run is (``sft``, ``reward_model``, ``policy`` ...).
+        console: console capture: ``auto``, ``off``, ``wrap`` or ``redirect``.
+        system_metrics: log CPU/GPU/memory use alongside the training curves.
+    """
     from lightning.pytorch.loggers import WandbLogger
 
     resolved = resolve_wandb_mode(mode)
@@ -56,5 +94,136 @@ def make_wandb_logger(
         entity=entity,
         log_model=log_model,
         job_type=job_type,
-        settings=__import__("wandb").Settings(silent=True, console="off", x_disable_stats=True),
+        settings=wandb_settings(console, system_metrics),
     )
+
+
+def log_run_config(loggers: list, cfg: DictConfig) -> None:
+    """Give every logger the run's whole resolved config, secrets redacted as in
+    ``config_resolved.yaml`` (wandb: the run config; CSV: ``hparams.yaml``)."""
+    from alignlab.utils.config import redact, to_container
+
+    if not loggers:
+        return
+    data = redact(to_container(cfg))
+    data.pop("hydra", None)
+    for lg in loggers:
+        lg.log_hyperparams(data)
+
+
+@contextmanager
+def outside_sweep_run() -> Iterator[None]:
+    """Inside this block new wandb runs are runs of their own, not the run a wandb agent started this
+    process for (its ``WANDB_RUN_ID``/``WANDB_SWEEP_ID`` are hidden, then put back). The pipeline runs
+    each stage in it, so a stage's curves get their own run and the sweep run keeps the sweep metric."""
+    import wandb
+
+    saved = {k: os.environ.pop(k) for k in SWEEP_RUN_ENV if k in os.environ}
+    if saved:
+        wandb.teardown()  # wandb reads these variables once per process setup
+    try:
+        yield
+    finally:
+        if saved:
+            wandb.teardown()
+            os.environ.update(saved)
+
+
+# ----------------------------------------------------------------------------- offline run files
+
+
+@dataclass
+class OfflineRun:
+    """What a run wrote to its ``run-<id>.wandb`` file."""
+
+    run_id: str = ""
+    project: str = ""
+    group: str = ""
+    job_type: str = ""
+    config: dict = field(default_factory=dict)  # nested, as logged
+    history: list[dict] = field(default_factory=list)  # one dict per logged step
+    summary: dict = field(default_factory=dict)
+
+
+_BLOCK = 32768  # the LevelDB log format wandb's transaction log uses: 32 KiB blocks, 7-byte headers
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a wandb run file (no ':W&B' header)")
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (_FULL, _LAST):
+            yield buf
+            buf = b""
+
+
+def _set_nested(out: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        out = out.setdefault(k, {})
+    out[keys[-1]] = value
+
+
+def _item_value(item) -> tuple[list[str], Any]:
+    keys = list(item.nested_key) or [item.key]
+    return keys, json.loads(item.value_json) if item.value_json else None
+
+
+def read_offline_run(run_dir: str | os.PathLike) -> OfflineRun:
+    """Read ``run_dir`` (``wandb/offline-run-*`` or ``wandb/run-*``): config, history and summary.
+    In the process that logged the run, call ``wandb.teardown()`` first: the wandb service may hold the
+    end of the file until it stops."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted(Path(run_dir).glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
+    run = OfflineRun()
+    for raw in _records(files[0]):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run  # later run records may leave fields blank: keep the first values
+            run.run_id, run.project = run.run_id or r.run_id, run.project or r.project
+            run.group, run.job_type = run.group or r.run_group, run.job_type or r.job_type
+            updates = r.config.update
+        elif kind == "config":
+            updates = rec.config.update
+        elif kind == "history":
+            row: dict = {}
+            for item in rec.history.item:
+                keys, value = _item_value(item)
+                row[".".join(keys)] = value
+            run.history.append(row)
+            continue
+        elif kind == "summary":
+            for item in rec.summary.update:
+                keys, value = _item_value(item)
+                run.summary[".".join(keys)] = value
+            continue
+        else:
+            continue
+        for item in updates:
+            keys, value = _item_value(item)
+            if keys[0] != "_wandb":
+                _set_nested(run.config, keys, value)
+    return run
+
+
+def offline_runs(root: str | os.PathLike) -> list[OfflineRun]:
+    """Every run under ``root`` (searched recursively for ``wandb/*run-*`` directories)."""
+    dirs = sorted({p.parent for p in Path(root).rglob("run-*.wandb")})
+    return [read_offline_run(d) for d in dirs]

@@ -22,6 +22,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from alignlab.loggers import log_run_config
     from alignlab.models.peft import apply_peft
     from alignlab.utils.checks import check_train_config
     from alignlab.utils.config import save_resolved_config
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     module = instantiate(cfg.algo, policy=policy, tokenizer=lm.tokenizer)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
+    log_run_config(loggers, cfg)  # the whole resolved config, secrets redacted
     if not loggers:  # logger=none: a learning-rate monitor would have nowhere to write
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
