@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.utils.hydra import CONF_DIR
+from alignlab.utils.errors import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -66,6 +65,9 @@ def label(cfg: DictConfig) -> dict:
     task = instantiate(cfg.task)
     judge = instantiate(cfg.judge)
     bind_task(judge, task)
+    check_server = getattr(judge, "check_server", None)  # a judge behind a server: ask it once, now,
+    if check_server is not None:  # so a dead server fails in seconds, not after all the sampling
+        check_server()
 
     # 1. pairs: sampled from the policy, or read from an earlier run's samples. Finished sampling batches
     #    are journaled beside the output, so a killed run resumes there (and its judge calls are cached)
@@ -147,7 +149,7 @@ def label(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="label")
+@hydra_app("label")
 def main(cfg: DictConfig) -> None:
     label(cfg)
 

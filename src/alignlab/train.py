@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from alignlab.utils.hydra import CONF_DIR
+from alignlab.utils.errors import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -22,33 +21,38 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from alignlab.loggers import log_run_config
     from alignlab.models.peft import apply_peft
     from alignlab.utils.checks import check_train_config
     from alignlab.utils.config import save_resolved_config
     from alignlab.utils.hydra import instantiate_dict
     from alignlab.utils.io import write_json
 
+    from alignlab.tasks import build_task
+    from alignlab.tasks.base import resolve_task_paths
+
     check_train_config(cfg)
+    task = build_task(cfg.task) if cfg.get("task") else None  # the run's one task object
+    resolve_task_paths(cfg.data, task)
     out = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, out)
+    # the data is read and validated before the model loads: a bad row costs seconds, not a model load
+    datamodule = instantiate(cfg.data)
+    datamodule.read_rows()
     L.seed_everything(cfg.seed, workers=True)
-
     log.info("loading model (%s)", cfg.model.source)
     lm = instantiate(cfg.model).load()
+    datamodule.tokenizer = lm.tokenizer
     policy = apply_peft(lm.model, instantiate(cfg.peft) if cfg.get("peft") else None)
-    datamodule = instantiate(cfg.data, tokenizer=lm.tokenizer)
     module = instantiate(cfg.algo, policy=policy, tokenizer=lm.tokenizer)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
-    log_run_config(loggers, cfg)  # the whole resolved config, secrets redacted
     if not loggers:  # logger=none: a learning-rate monitor would have nowhere to write
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics = _measure(cfg, trainer, module, datamodule)
         if trainer.is_global_zero:
             module.save_policy(out / "policy")
             write_json(out / "metrics.json", {"global_step": trainer.global_step, **metrics})
@@ -58,6 +62,43 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 
+def _scalars(trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def _measure(cfg: DictConfig, trainer, module, datamodule) -> dict[str, float]:
+    """The run's scalar metrics. When validation never ran (``trainer.max_steps`` below
+    ``trainer.val_check_interval``) and an ``optimized_metric`` is asked for, one validation pass at the
+    end measures it."""
+    metrics = _scalars(trainer)
+    name = cfg.get("optimized_metric")
+    never_validated = not any(k.startswith("val/") for k in metrics)
+    if name and name not in metrics and never_validated and len(datamodule.val_set or []):
+        log.info(
+            "validation never ran during fit: validating once at step %d to measure %s",
+            trainer.global_step,
+            name,
+        )
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = {**metrics, **_scalars(trainer)}
+    return metrics
+
+
+def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a sweep optimises; a finished run never fails over it (a warning and None instead)."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        log.warning(
+            "optimized_metric=%s was not logged (logged: %s); the run finished, but a sweep gets no value",
+            name,
+            ", ".join(sorted(metrics)) or "nothing",
+        )
+        return None
+    return metrics[name]
+
+
 def _finish_wandb(loggers: list) -> None:
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
@@ -65,15 +106,10 @@ def _finish_wandb(loggers: list) -> None:
         wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
-    name = cfg.get("optimized_metric")
-    if name:
-        if name not in metrics:
-            raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
-        return metrics[name]
-    return None
+    return optimized_metric(cfg, metrics)
 
 
 if __name__ == "__main__":

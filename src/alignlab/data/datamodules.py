@@ -157,6 +157,7 @@ class RowsDataModule(L.LightningDataModule):
         self.train_set: ListDataset | None = None
         self.val_set: ListDataset | None = None
         self.reports: list = []
+        self._rows: tuple[list[dict], list[dict]] | None = None
 
     def _formatter(self) -> Formatter:
         h = self.hparams
@@ -177,11 +178,12 @@ class RowsDataModule(L.LightningDataModule):
             log.warning(report.summary())
         return rows
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.tokenizer is None:
-            raise RuntimeError("the datamodule needs a tokenizer: pass tokenizer=... (the entry points do)")
+    def read_rows(self) -> tuple[list[dict], list[dict]]:
+        """Read and validate the rows and split off validation: (train rows, validation rows). Needs no
+        tokenizer, so the entry points call it before loading the model (a bad row costs seconds, not a
+        model load); ``setup`` encodes the same rows."""
+        if self._rows is not None:
+            return self._rows
         h = self.hparams
         train_rows = self._load(h.train_path)
         if h.val_path:
@@ -192,6 +194,22 @@ class RowsDataModule(L.LightningDataModule):
             n_val = max(1, round(len(train_rows) * h.val_fraction)) if len(train_rows) > 1 else 0
             val_rows = [train_rows[i] for i in sorted(order[:n_val])]
             train_rows = [train_rows[i] for i in sorted(order[n_val:])]
+            if not val_rows:
+                log.warning(
+                    "%s has %d usable row: the validation split is empty, so no val/ metric will be logged; "
+                    "add rows or give data.val_path",
+                    h.train_path,
+                    len(train_rows),
+                )
+        self._rows = (train_rows, val_rows)
+        return self._rows
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.tokenizer is None:
+            raise RuntimeError("the datamodule needs a tokenizer: pass tokenizer=... (the entry points do)")
+        train_rows, val_rows = self.read_rows()
         fmt = self._formatter()
         self.train_set = ListDataset(encode_rows(train_rows, self.kind, fmt))
         self.val_set = ListDataset(encode_rows(val_rows, self.kind, fmt))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.utils.errors import UserError
+
 KINDS: dict[str, tuple[list[str], list[str]]] = {
     # kind: (required fields, optional fields)
     "sft": (["prompt", "completion"], []),
@@ -24,7 +26,7 @@ KINDS: dict[str, tuple[list[str], list[str]]] = {
 HINT = "fix the row, or set data.skip_invalid=true to skip invalid rows (they are counted)"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Invalid input data. ``str(e)`` is the whole message: file, row, field and what to do."""
 
     def __init__(self, message: str, reason: str = "invalid"):

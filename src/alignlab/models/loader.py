@@ -131,7 +131,9 @@ class ModelSpec:
         if p.exists():
             path = str(p)
         elif path.startswith((".", "/", "~")) or path.count("/") > 1:
-            raise FileNotFoundError(
+            from alignlab.utils.errors import MissingPathError
+
+            raise MissingPathError(
                 f"model.name_or_path={path!r} does not exist. Give a local directory with config.json, "
                 "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
             )

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.utils.errors import UserError
 from alignlab.utils.io import write_text
 
 REDACTED = "***REDACTED***"
@@ -56,5 +57,5 @@ def save_resolved_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path
     return path
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that contradicts itself; the message names the keys."""

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from alignlab.utils.errors import UserError
 
-class OutputError(RuntimeError):
+
+class OutputError(UserError, RuntimeError):
     """An output could not be written; the message is one line a user can act on."""
 
 
