@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import wandb
 
-from alignlab.loggers import make_wandb_logger, offline_runs, outside_sweep_run
+from alignlab.loggers import log_stage_run, make_wandb_logger, offline_runs, outside_sweep_run
 from alignlab.train import train
 from alignlab.utils.config import REDACTED
 from conftest import compose
@@ -73,3 +73,15 @@ def test_stage_runs_stay_out_of_the_agents_sweep_run(tmp_path, monkeypatch):
         wandb.teardown()
     assert stage_id != "sweeprun01" and not stage_sweep
     assert (summary_id, summary_sweep) == ("sweeprun01", "sweep0001")
+
+
+def test_stage_run_without_lightning_logger(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_RUN_ID", "sweeprun02")
+    config = {"judge": {"name": "gold", "api_key": "sk-stage-secret-1357"}, "seed": 3}
+    log_stage_run(tmp_path, config, {"gold_accuracy": 0.75, "note": "text"}, group="cmp", job_type="label")
+    wandb.teardown()
+    (run,) = offline_runs(tmp_path)
+    assert (run.group, run.job_type) == ("cmp", "label") and run.run_id != "sweeprun02"
+    assert run.config["seed"] == 3 and run.config["judge"]["api_key"] == REDACTED
+    assert run.summary["gold_accuracy"] == 0.75 and "note" not in run.summary

@@ -129,6 +129,42 @@ def outside_sweep_run() -> Iterator[None]:
             os.environ.update(saved)
 
 
+def log_stage_run(
+    save_dir: str | os.PathLike,
+    config: dict,
+    metrics: dict,
+    project: str = "alignlab",
+    group: str | None = None,
+    job_type: str | None = None,
+    name: str | None = None,
+    mode: str = "auto",
+    console: str = "auto",
+    system_metrics: bool = True,
+) -> None:
+    """One wandb run for a stage that has no Lightning logger (labelling, evaluation): ``config``
+    (redacted) as the run config and the numbers of ``metrics`` as its summary, outside any sweep run."""
+    import wandb
+
+    from alignlab.utils.config import redact
+
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    with outside_sweep_run():
+        run = wandb.init(
+            project=project,
+            group=group,
+            job_type=job_type,
+            name=name,
+            dir=str(save_dir),
+            mode=resolve_wandb_mode(mode),
+            config=redact(config),
+            settings=wandb_settings(console, system_metrics),
+        )
+        try:
+            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        finally:
+            run.finish()
+
+
 # ----------------------------------------------------------------------------- offline run files
 
 
