@@ -65,11 +65,13 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests scripts
 	$(BIN)/ruff check --fix src tests scripts
 
-# The main job: RLHF vs DPO vs RLAIF vs direct RLAIF on the bundled model, then the report.
-# one thread: two-thread training steps stall under any other load on a 2-core machine
+# The main job: RLHF vs DPO vs RLAIF vs direct RLAIF on the bundled model, then the report. Two pipeline
+# jobs run at once (hydra/launcher=joblib, n_jobs=2), one thread each: two-thread training steps stall
+# under any other load on a 2-core machine. More seeds: make compare COMPARE_SEEDS=0,1
 COMPARE_THREADS ?= 1
+COMPARE_SEEDS ?= 0
 compare: $(STAMP)
-	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun comparison=quick
+	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun comparison=quick seed=$(COMPARE_SEEDS)
 	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
 
 compare-full: $(STAMP)

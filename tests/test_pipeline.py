@@ -3,6 +3,7 @@ second identical run reuses every artifact."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -144,3 +145,26 @@ def test_tiny_multirun_report_and_cached_rerun(tmp_path):
     row = next(line for line in out.splitlines() if line.startswith("| dpo"))
     assert row.split("|")[6].strip() != "n/a"  # the judge's win rate against the base policy
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 10_000
+
+
+def test_published_results_are_found_by_a_rerun_and_only_for_the_same_job(tmp_path):
+    from alignlab.compare import find_results
+    from alignlab.publish import publish, published
+
+    pub = tmp_path / "published"
+    args = ["method=dpo", "seed=1", f"publish.dir={pub}", f"paths.output_dir={tmp_path}"]
+    cfg = compose(args, "pipeline")
+    assert published(cfg) is None
+    record = {
+        "method": "dpo",
+        "seed": 1,
+        "eval": {"gold_reward": 0.3},
+        "stages": [{"dir": "/x"}],
+        "curves": [],
+    }
+    path = publish(cfg, record)
+    assert path.name == "dpo-s1.json" and "stages" not in json.loads(path.read_text())
+    assert published(compose(args, "pipeline"))["eval"]["gold_reward"] == 0.3  # the rerun skips this job
+    assert published(compose([*args, "profile.dpo.trainer.max_steps=7"], "pipeline")) is None  # another job
+    assert published(compose([*args[:1], "seed=2", *args[2:]], "pipeline")) is None
+    assert [r["seed"] for r in find_results([pub])] == [1]  # compare reads published records

@@ -31,7 +31,8 @@ def find_results(roots: list[Path]) -> list[dict]:
     """Every ``result.json`` under ``roots`` (a run dir or any parent), newest per (method, seed, variant)."""
     found: dict[tuple, dict] = {}
     for root in roots:
-        for path in sorted(Path(root).rglob("result.json")):
+        paths = [*Path(root).rglob("result.json"), *Path(root).rglob("*-s[0-9]*.json")]  # + published records
+        for path in sorted(set(paths)):
             try:
                 r = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as e:

@@ -88,16 +88,17 @@ def curves_plot(results: list[dict], path: Path) -> Path | None:
     series = []
     for r in results:
         for c in r.get("curves", []):
-            p = Path(c["csv"])
-            if p.exists():
-                xs, ys = read_curve(p, c["metric"])
-                if xs:
-                    per = float(c.get("samples_per_step") or 1)
-                    label = f"{r['method']} s{r.get('seed')}" + (
-                        f" {r['variant']}" if r.get("variant") else ""
-                    )
-                    series.append((c.get("panel") or c["metric"], label, [x * per for x in xs], ys,
-                                   bool(c.get("samples_per_step"))))  # fmt: skip
+            if c.get("points") is not None:
+                xs, ys = [p[0] for p in c["points"]], [p[1] for p in c["points"]]
+            elif Path(c["csv"]).exists():
+                xs, ys = read_curve(Path(c["csv"]), c["metric"])
+            else:
+                continue
+            if xs:
+                per = float(c.get("samples_per_step") or 1)
+                label = f"{r['method']} s{r.get('seed')}" + (f" {r['variant']}" if r.get("variant") else "")
+                series.append((c.get("panel") or c["metric"], label, [x * per for x in xs], ys,
+                               bool(c.get("samples_per_step"))))  # fmt: skip
     if not series:
         return None
     panels = sorted({s[0] for s in series})

@@ -172,7 +172,13 @@ class Runner:
                 cfg.ckpt_path = "last"  # a stage that died: continue from its last checkpoint
                 log.info("[pipeline] %s: resuming from %s", kind, out / "checkpoints" / "last.ckpt")
         fn = _run_app(app)
-        path, rec, cached = self.store.run(kind, spec, lambda _out: fn(cfg))
+
+        def timed(_out) -> dict:  # CPU seconds too: wall time means little beside other jobs
+            cpu = time.process_time()
+            info = dict(fn(cfg) or {})
+            return {**info, "cpu_s": round(time.process_time() - cpu, 1)}
+
+        path, rec, cached = self.store.run(kind, spec, timed)
         word = "cached" if cached else f"done in {rec['seconds']:.0f} s"
         print(f"[pipeline] {kind:<12} {word:<16} {path}", flush=True)
         self.stages.append(
@@ -251,6 +257,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
         "judge_calls": judge_calls,
         # the compute each stage took when it ran (shared stages count in full for every method)
         "wall_time_s": round(sum(s["seconds"] for s in runner.stages), 1),
+        "cpu_time_s": round(sum(float((s["info"] or {}).get("cpu_s") or 0) for s in runner.stages), 1),
         "this_run_s": round(time.perf_counter() - start, 1),
         "stages": runner.stages,
         "curves": curves,
@@ -267,7 +274,18 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
 
 def _curve(stage: dict, cfg: DictConfig) -> dict:
-    """Where a training stage's curve is, which metric, its panel, and training samples per step."""
+    """A training stage's curve: its metric, panel, training samples per step, and its points (read from
+    the stage's CSV log, so a published result can redraw it)."""
+    from alignlab.compare_plots import read_curve
+
+    c = _curve_spec(stage, cfg)
+    if Path(c["csv"]).exists():
+        xs, ys = read_curve(Path(c["csv"]), c["metric"])
+        c["points"] = [[x, round(y, 5)] for x, y in zip(xs, ys)]
+    return c
+
+
+def _curve_spec(stage: dict, cfg: DictConfig) -> dict:
     algo = cfg.algo._target_.rsplit(".", 1)[-1]
     batch = int(cfg.data.batch_size)
     if algo in ("RewardModule", "DPOModule"):
@@ -336,7 +354,14 @@ def objective(cfg: DictConfig, record: dict) -> float:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
 def main(cfg: DictConfig) -> float:
+    from alignlab.publish import publish, published
+
+    record = published(cfg)
+    if record is not None:  # finished and published by an earlier run of the same command
+        print(f"[pipeline] {cfg.method.name} seed {cfg.seed}: published result found, skipping", flush=True)
+        return objective(cfg, record)
     record = run_pipeline(cfg)
+    publish(cfg, record)
     log_to_wandb(cfg, record)
     return objective(cfg, record)
 
