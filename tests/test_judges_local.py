@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from alignlab.judges.cache import JudgeCache
-from alignlab.judges.local import LocalJudge, option_token_ids, verdict_of
+from alignlab.judges.local import LocalJudge, option_token_ids
+from alignlab.judges.option import verdict_of
 from alignlab.judges.templates import Constitution, JudgeTemplate, text_hash
 
 TINY = {"source": "tiny", "dtype": "float32"}

@@ -45,7 +45,9 @@ def test_temperature_zero_is_the_noiseless_gold_ordering_with_ties_and_invalid()
         ["p", "p"], ["0.30", "0.40"], ["0.27", "0.27"]
     )
     assert margin[0]["verdict"] == "tie" and margin[1]["verdict"] in ("first", "second")
-    assert margin[0]["p_first"] == 0.5 and margin[1]["p_first"] == pytest.approx(1 / (1 + math.exp(-1.3)))
+    assert margin[0]["p_first"] == 0.5 and margin[1]["p_first"] in (0.0, 1.0)  # one annotator: a hard label
+    assert margin[1]["p_first"] == (1.0 if margin[1]["verdict"] == "first" else 0.0)
+    assert f"p_bt={1 / (1 + math.exp(-1.3)):.6g}" in margin[1]["raw"][0]
 
 
 def test_bt_probability_closed_form():
@@ -87,6 +89,55 @@ def test_draws_do_not_depend_on_order_or_batching():
     assert [r["verdict"] for r in other_seed] != [r["verdict"] for r in whole]
 
 
+def _signal(row: dict, a: str) -> tuple[str, float]:
+    """What a loss learns from a labelled row about text ``a``: the hard label (is ``a`` chosen) and the
+    soft label P(a ≻ the other text)."""
+    a_chosen = row["chosen"] == a
+    return ("chosen" if a_chosen else "rejected", row["p_chosen"] if a_chosen else 1 - row["p_chosen"])
+
+
+def test_flipping_an_annotators_draw_changes_the_signal_of_every_loss():
+    n = 400
+    prompts = [f"p{i}" for i in range(n)]
+    firsts, seconds = ["0.55"] * n, ["0.5"] * n
+    pairs = PairSet(prompts, firsts, seconds)
+    rows = {}
+    for seed in (0, 1):
+        out, _ = label_pairs(_judge(temperature=0.1, seed=seed), pairs, NumberTask(), progress=False)
+        rows[seed] = {r["prompt"]: r for r in out}
+    flipped = [
+        p for p in prompts if rows[0][p]["provenance"]["verdict"] != rows[1][p]["provenance"]["verdict"]
+    ]
+    assert len(flipped) > 50  # σ(0.5) ≈ 0.62: draws often differ between seeds
+    for p in flipped:  # hard losses (chosen/rejected) and soft losses (p_chosen) both see the other vote
+        hard0, soft0 = _signal(rows[0][p], "0.55")
+        hard1, soft1 = _signal(rows[1][p], "0.55")
+        assert hard0 != hard1 and abs(soft0 - soft1) == 1.0
+
+
+def test_several_annotators_give_the_share_of_votes():
+    n = 2000
+    prompts = [f"p{i}" for i in range(n)]
+    out = _judge(temperature=0.1, annotators=5).judge_pairs(prompts, ["0.6"] * n, ["0.5"] * n)
+    p = 1 / (1 + math.exp(-1.0))
+    shares = np.array([r["p_first"] for r in out])
+    assert set(np.round(shares * 5).astype(int)) <= set(range(6))  # k of 5 votes
+    assert abs(shares.mean() - p) < 4 * math.sqrt(p * (1 - p) / (5 * n))
+    assert all(r["verdict"] == ("first" if r["p_first"] > 0.5 else "second") for r in out)
+    even = _judge(temperature=0.1, annotators=2).judge_pairs(prompts, ["0.6"] * n, ["0.5"] * n)
+    split = [r for r in even if r["p_first"] == 0.5]
+    assert split and all(r["verdict"] == "tie" for r in split)  # an even split is never a preference
+    rows, rep = label_pairs(
+        _judge(temperature=0.1, annotators=2),
+        PairSet(prompts, ["0.6"] * n, ["0.5"] * n),
+        NumberTask(),
+        progress=False,
+    )
+    assert rep["ties"] == len(split) and len(rows) == n - len(split)
+    with pytest.raises(ValueError, match="annotators"):
+        _judge(annotators=0)
+
+
 def test_interface_violations_fail_loudly():
     with pytest.raises(ValueError, match="2 judgements for 3 pairs"):
         check_judgements([{"verdict": "first", "p_first": 1.0}] * 2, 3)
@@ -112,16 +163,15 @@ def test_label_pairs_counts_what_it_cannot_label_and_agreement_matches_expectati
     assert rep["ties"] >= 1 and rep["pairs"] == n - 2 and rep["completions_per_s"] == n
     assert rep["rows_written"] == len(rows) == rep["decided"]  # ties are counted, not written
     # the measured agreement is the Bradley–Terry rate the temperature implies, within sampling error
-    exp = rep["expected_gold_accuracy"]
+    gaps = np.abs(a - b)[2:]
+    exp = float(np.mean(1 / (1 + np.exp(-gaps / 0.2))))
     assert 0.6 < exp < 0.95
     assert abs(rep["gold_accuracy"] - exp) < 4 * math.sqrt(exp * (1 - exp) / rep["gold_compared"])
     for r in rows:
-        assert r["p_chosen"] == pytest.approx(
-            1 / (1 + math.exp(-(r["gold_chosen"] - r["gold_rejected"]) / 0.2))
-        )
+        assert r["p_chosen"] == 1.0  # one annotator's vote: the label is what it said
         assert float(r["chosen"]) == r["gold_chosen"] and r["second_chosen"] == -r["gold_chosen"]
         assert r["provenance"]["verdict"] in ("first", "second") and not r["tie"]
-    assert any(r["p_chosen"] < 0.5 for r in rows)  # some annotators went against the gold ordering
+    assert any(r["gold_chosen"] < r["gold_rejected"] for r in rows)  # some went against the gold ordering
 
     rows_t, rep_t = label_pairs(_judge(temperature=0.2), pairs, NumberTask(), keep_ties=True, progress=False)
     ties = [r for r in rows_t if r["tie"]]

@@ -74,6 +74,22 @@ class PairwiseJudge:
         return {"judge": self.identity(), "judge_name": self.name, "template_hash": self.template_hash()}
 
 
+def pair_confidence(result: dict, mode: str = "pairwise") -> float:
+    """How sure a judgement is, in [0.5, 1]: max(p, 1 − p) of ``p_first``; for a pairwise judgement asked
+    in both orders, the smaller of the two single-order confidences when both orders lean the same way,
+    0.5 when they disagree (``judge.min_confidence`` keeps a pair only when it is sure in both orders)."""
+    p = result.get("p_first")
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return 0.5
+    conf = max(p, 1.0 - p)
+    fwd, bwd = result.get("p_forward"), result.get("p_backward")
+    if mode == "pairwise" and fwd is not None and bwd is not None and fwd != bwd:
+        if (fwd - 0.5) * (bwd - 0.5) <= 0:
+            return 0.5
+        conf = min(max(fwd, 1.0 - fwd), max(bwd, 1.0 - bwd))
+    return conf
+
+
 def bind_task(judge, task) -> None:
     """Give ``judge`` the task it labels for: ``set_task`` when it has one, else ``set_rubric``."""
     if hasattr(judge, "set_task"):

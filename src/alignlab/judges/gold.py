@@ -1,16 +1,24 @@
 """``judge=gold``: simulated human annotators, Bradley–Terry noise over the task's gold reward.
 
-Given gold rewards r₁, r₂ of the two completions, the annotator prefers the first with probability
+Given gold rewards r₁, r₂ of the two completions, each annotator prefers the first with probability
 
     P(first ≻ second) = σ((r₁ − r₂) / temperature)
 
-and the label is drawn from that Bernoulli, because real annotators disagree on close pairs. At
-``temperature=0`` the label is the gold ordering itself (deterministic). Pairs whose gold rewards differ by
-at most ``tie_margin`` are ties (p = 0.5, recorded as ``tie``, never given a random winner); a gold reward
-that is not a finite number makes the pair ``invalid``.
+and votes by a draw from that Bernoulli, because real annotators disagree on close pairs. ``annotators``
+(m) independent annotators vote on each pair; the label is what they said: ``p_first`` = the share of
+votes for the first completion (m = 1: a hard 0/1 label), the verdict the majority, and an even split a
+``tie`` (never a preference). So a soft-label loss sees the annotators' noise too, not the noise-free
+σ(Δ/T). At ``temperature=0`` every vote is the gold ordering itself. Pairs whose gold rewards differ by at
+most ``tie_margin`` are ties (p = 0.5, never given a random winner); a gold reward that is not a finite
+number makes the pair ``invalid``.
 
-The draw for a pair is a hash of (seed, prompt, the two completions), so it does not depend on batching
-or on which order the pair is presented in: asked (b, a) the annotator gives the same answer as for (a, b).
+The default temperature is calibrated on the real raters of the task's source archive
+(``scripts/calibrate_annotators.py``, docs/rlaif.md): how often one rater orders two review sentences
+against their mean ratings, at each gap, mapped to the gold (VADER) scale.
+
+The draws for a pair are a hash of (seed, prompt, the two completions, the annotator), so they do not
+depend on batching or on the order the pair is presented in: asked (b, a) the annotators give the same
+answers as for (a, b).
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import numpy as np
 from alignlab.judges.base import Judgement, PairwiseJudge, check_pairs
 
 
-def pair_uniform(seed: int, prompt: str, first: str, second: str) -> float:
-    """A uniform number in [0, 1) for the pair, from a hash; swapping first and second gives 1 − u."""
+def pair_uniform(seed: int, prompt: str, first: str, second: str, annotator: int = 0) -> float:
+    """A uniform number in [0, 1) for the pair and annotator, from a hash; swapping first and second
+    gives 1 − u."""
     a, b = (first, second) if first <= second else (second, first)
-    digest = hashlib.sha256("\x00".join((str(seed), prompt, a, b)).encode("utf-8")).digest()
+    parts = (str(seed), prompt, a, b) + ((str(annotator),) if annotator else ())
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0**64
     return u if first <= second else 1.0 - u
 
@@ -47,14 +57,19 @@ class GoldJudge(PairwiseJudge):
     name = "gold"
     mode = "gold"  # no presentation order, so no position-bias metrics
 
-    def __init__(self, temperature: float = 0.1, tie_margin: float = 0.0, seed: int = 0, task=None):
+    def __init__(
+        self, temperature: float = 0.1, tie_margin: float = 0.0, seed: int = 0, task=None, annotators: int = 1
+    ):
         """
         Args:
             temperature: Bradley–Terry temperature on the gold-reward difference; 0 = noiseless gold ordering.
             tie_margin: gold rewards that differ by at most this much make a tie.
             seed: seed of the simulated annotators' draws.
-            task: a ``Task`` or registered task name; None until the label app calls ``set_task``.
+            task: a ``Task`` or a conf/task config; None until the label app calls ``set_task``.
+            annotators: independent votes per pair; ``p_first`` is the share for the first completion.
         """
+        if int(annotators) < 1:
+            raise ValueError(f"judge.annotators={annotators} must be >= 1 (votes per pair)")
         if temperature < 0 or not math.isfinite(temperature):
             raise ValueError(f"judge.temperature={temperature} must be a finite number >= 0 (0 = noiseless)")
         if tie_margin < 0:
@@ -62,23 +77,27 @@ class GoldJudge(PairwiseJudge):
         self.temperature = float(temperature)
         self.tie_margin = float(tie_margin)
         self.seed = int(seed)
+        self.annotators = int(annotators)
         self.task = None
         self.seconds = 0.0
         if task is not None:
             self.set_task(task)
 
     def set_task(self, task) -> None:
-        if isinstance(task, str):
-            from alignlab.tasks import get_task
+        from alignlab.tasks import build_task, compose_task
 
-            task = get_task(task)
+        if isinstance(task, str):
+            task = compose_task(task)
+        elif not hasattr(task, "gold_scores"):  # a conf/task config
+            task = build_task(task)
         if not hasattr(task, "gold_scores"):
             raise TypeError(f"judge=gold needs a task with gold_scores(); got {type(task).__name__}")
         self.task = task
 
     def identity(self) -> str:
         task = "unbound" if self.task is None else f"{self.task.name}[{getattr(self.task, 'score_on', '')}]"
-        return f"gold:{task}:T={self.temperature:g}:tie={self.tie_margin:g}:seed={self.seed}"
+        m = f":m={self.annotators}" if self.annotators > 1 else ""
+        return f"gold:{task}:T={self.temperature:g}:tie={self.tie_margin:g}:seed={self.seed}{m}"
 
     def judge_pairs(
         self, prompts: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]
@@ -110,11 +129,14 @@ class GoldJudge(PairwiseJudge):
                 continue
             if abs(delta[i]) <= self.tie_margin:  # 3. ties stay ties
                 pi, verdict = 0.5, "tie"
-            else:  # 4. one annotator's draw
-                pi = float(p[i])
-                u = pair_uniform(self.seed, prompts[i], firsts[i], seconds[i])
-                verdict = "first" if u < pi else "second"
-                raw += f" u={u:.6f}"
+            else:  # 4. the annotators' votes: the label is their share, never the noise-free σ(Δ/T)
+                us = [
+                    pair_uniform(self.seed, prompts[i], firsts[i], seconds[i], k)
+                    for k in range(self.annotators)
+                ]
+                pi = sum(u < p[i] for u in us) / self.annotators
+                verdict = "first" if pi > 0.5 else "second" if pi < 0.5 else "tie"
+                raw += f" p_bt={float(p[i]):.6g} votes_first={round(pi * self.annotators)}/{self.annotators}"
             out.append(
                 {"p_first": pi, "verdict": verdict, "p_forward": pi, "p_backward": pi, "raw": [raw], **meta}
             )
@@ -124,6 +146,7 @@ class GoldJudge(PairwiseJudge):
     def report_stats(self) -> dict:
         return {
             "temperature": self.temperature,
+            "annotators": self.annotators,
             "tie_margin": self.tie_margin,
             "seconds": round(self.seconds, 3),
         }

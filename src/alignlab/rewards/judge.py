@@ -6,6 +6,8 @@ Two forms:
   Σ_s s·P(s) under the score tokens' probabilities (renormalised over the ten scores), not the sampled
   number, so it is smooth and never unparseable. When "10" is two tokens ("1", "0"), P(10) =
   P("1")·P("0" | "1") and P(1) = P("1")·(1 − P("0" | "1")), read from a second forward pass.
+* ``JudgeYesReward``: a pointwise judge's P(yes) ("is this text positive?"), e.g. the tuned judge
+  (``judge=tuned_smollm2``), cached like its labels.
 * ``JudgePairwiseReward``: the reward is P(completion ≻ reference completion) from any pairwise judge
   (local or HTTP, both orders averaged); the reference completion of a prompt comes from a JSONL file or
   is generated greedily by a reference model once and cached.
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 
 from alignlab.judges.cache import JudgeCache, cache_key
-from alignlab.judges.local import LocalJudge, OptionJudge
+from alignlab.judges.local import LocalJudge
+from alignlab.judges.option import OptionJudge
 from alignlab.judges.templates import JudgeTemplate, normalise, text_hash
 from alignlab.rewards.base import RewardFunction
 
@@ -130,9 +133,44 @@ class JudgeScoreReward(RewardFunction):
         return torch.tensor([v["score"] for v in vals], dtype=torch.float32)
 
     def to(self, device) -> JudgeScoreReward:
-        self.judge.device = str(device)
-        if self.judge._lm is not None:
-            self.judge._lm.model.to(device)
+        self.judge.to(device)
+        return self
+
+
+class JudgeYesReward(RewardFunction):
+    """A pointwise judge's P(yes) for each completion ("is this text positive?"): the direct-RLAIF reward
+    of a yes/no judge such as ``judge=tuned_smollm2``; an invalid answer scores ``invalid_reward``."""
+
+    def __init__(self, judge: LocalJudge, centered: bool = True, invalid_reward: float = 0.5):
+        """
+        Args:
+            judge: a ``LocalJudge`` whose template's pointwise question is the criterion.
+            centered: return 2·P(yes) − 1 (in [−1, 1]) instead of P(yes) (in [0, 1]).
+            invalid_reward: P(yes) given to an invalid answer (0.5 = no information).
+        """
+        self.judge = judge
+        self.centered = centered
+        self.invalid_reward = invalid_reward
+        self.invalid = 0
+        self.queries = 0
+        """Completions scored so far (cache hits included): the judge cost reported by the pipeline."""
+        self.name = "judge_yes"
+
+    def set_task(self, task) -> None:
+        """Give the judge the task (its rubric is the criterion when the template asks no question)."""
+        self.judge.set_task(task)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        self.queries += len(prompts)
+        probs = self.judge.yes_probabilities(list(prompts), list(completions))
+        self.invalid += sum(p is None for p in probs)
+        out = torch.tensor([self.invalid_reward if p is None else p for p in probs], dtype=torch.float32)
+        return 2 * out - 1 if self.centered else out
+
+    def to(self, device) -> JudgeYesReward:
+        self.judge.to(device)
         return self
 
 

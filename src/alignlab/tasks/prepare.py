@@ -142,14 +142,19 @@ def make_openings(ratings: list[dict], min_words: int, max_words: int, seed: int
         raise ValueError(f"need 1 <= min_words ({min_words}) <= max_words ({max_words})")
     seen: dict[str, dict] = {}
     for row in sorted(ratings, key=lambda r: r["id"]):
-        words = row["text"].split()
-        if len(words) <= min_words:
-            continue
-        k = random.Random(f"{seed}:{row['id']}").randint(min_words, min(max_words, len(words) - 1))
-        opening = " ".join(words[:k])
-        if opening not in seen:
+        opening = opening_of(row, min_words, max_words, seed)
+        if opening is not None and opening not in seen:
             seen[opening] = {"opening": opening, "source_id": row["id"], "source_rating": row["rating"]}
     return list(seen.values())
+
+
+def opening_of(row: dict, min_words: int, max_words: int, seed: int) -> str | None:
+    """The opening a sentence row ``{id, text}`` gives (None: too short to leave a word out)."""
+    words = row["text"].split()
+    if len(words) <= min_words:
+        return None
+    k = random.Random(f"{seed}:{row['id']}").randint(min_words, min(max_words, len(words) - 1))
+    return " ".join(words[:k])
 
 
 def split_rows(
@@ -256,7 +261,7 @@ def describe(out_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``alignlab-prepare [--task sentiment] [--force] [--archive SDIST] [--agreement]``."""
     ap = argparse.ArgumentParser(prog="alignlab-prepare", description="Prepare a task's prompts (cached).")
-    ap.add_argument("--task", default="sentiment", help="registered task name (default: sentiment)")
+    ap.add_argument("--task", default="sentiment", help="a conf/task option (default: sentiment)")
     ap.add_argument(
         "--cache-dir", default=None, help="cache root (default: $ALIGNLAB_CACHE or ~/.cache/alignlab)"
     )
@@ -268,9 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agreement", action="store_true", help="also measure the scorers against human ratings")
     args = ap.parse_args(argv)
 
-    from alignlab.tasks import get_task
+    from alignlab.tasks import compose_task
 
-    task = get_task(args.task, cache_dir=args.cache_dir, archive=args.archive, seed=args.seed)
+    task = compose_task(args.task, cache_dir=args.cache_dir, archive=args.archive, seed=args.seed)
     cached = not args.force and split_paths(task.prompt_dir) is not None
     out_dir = task.prepare(force=args.force)  # prints the split sizes when it builds them
     if cached:

@@ -1,0 +1,274 @@
+"""A judge LLM tuned on human judgements: the bundled SmolLM2 taught to answer "is this text positive?"
+the way the human raters of the sentiment task's source archive did.
+
+The stage (``ensure_tuned_judge``), content-addressed and cached like the bundled model
+(``<cache>/models/tuned_judge/<key>``, ``DONE.json`` when complete):
+
+1. Rows from the human-rated corpora (``alignlab.tasks.human_ratings``): tweets, Amazon and NYT
+   sentences, and the movie-review sentences of the task's **train** split only (the task's val/test
+   prompts are openings of the other movie sentences: never shown to the judge). Sentences longer than
+   ``max_chars`` are left out; ``n_train`` of them are drawn (seeded).
+2. Each row asks the judge's own pointwise question about the sentence (rendered exactly as
+   ``LocalJudge`` renders it, plain text ending in ``Answer:``) and answers `` yes`` or `` no``: the vote
+   of **one rater drawn at random** among those who did not answer 0 (``label: rater``), so over the data
+   the answer's probability follows the share of raters who found the sentence positive (a soft label
+   through plain SFT), or the sign of the mean rating (``label: mean``).
+3. ``alignlab.train`` (SFT, LoRA on the top ``lora_layers`` layers, ``precision``) tunes it; the adapter is
+   the artifact. ``TunedJudgeSpec`` is the ``ModelSpec`` a judge config names: it runs the stage on the
+   first load and merges the adapter into the weights for judging.
+
+The judge never reads VADER, AFINN or any task's gold reward: only human ratings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.judges.templates import render_plain
+from alignlab.models.loader import ModelSpec
+from alignlab.utils.io import write_json, write_jsonl
+
+LLAMA_PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass
+class TuningRecipe:
+    """How the judge is tuned (every field is part of the artifact's key)."""
+
+    pointwise: str = "Text: {text}\n\n{question} Answer yes or no."
+    """The judge's pointwise user message (must match the judge template's ``pointwise``)."""
+    question: str = "Is the sentiment of this text positive?"
+    """The yes/no question (must match the judge template's ``question``)."""
+    answers: tuple[str, str] = (" yes", " no")
+    """The completions taught for a positive / negative vote."""
+    corpora: tuple[str, ...] = (
+        "tweets",
+        "amazonReviewSnippets",
+        "nytEditorialSnippets",
+        "movieReviewSnippets",
+    )
+    """Human-rated corpora to draw from (movie sentences: the task's train split only)."""
+    n_train: int = 1600
+    """Sentences drawn for training."""
+    n_val: int = 64
+    """Held-out sentences for the validation loss (logged once, at the end)."""
+    max_chars: int = 200
+    """Longer sentences are left out (policy completions are about 100 characters)."""
+    label: str = "rater"
+    """``rater``: one random non-neutral rater's vote per sentence; ``mean``: the sign of the mean rating."""
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 5.0e-4
+    lora_r: int = 16
+    lora_layers: int = 8
+    """LoRA on the top this many transformer layers (backward passes stop there); 0 = every layer."""
+    precision: str = "bf16-mixed"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.answers, self.corpora = tuple(self.answers), tuple(self.corpora)
+        if self.label not in ("rater", "mean"):
+            raise ValueError(f"tuning.label={self.label!r}: choose rater or mean")
+        if self.n_train < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("tuning.n_train, tuning.steps and tuning.batch_size must be >= 1")
+
+
+def judge_prompt(recipe: TuningRecipe, text: str) -> str:
+    """The text the judge continues for ``text``: what ``LocalJudge.render`` gives with the template's
+    ``system: null``, ``use_chat_template: false`` and ``pointwise_includes_prompt: false``."""
+    return render_plain(
+        [{"role": "user", "content": recipe.pointwise.format(text=text, question=recipe.question)}]
+    )
+
+
+def vote(row: dict, how: str, rng: random.Random) -> int | None:
+    """+1 / -1 for a sentence row, None when it gives no vote (all raters neutral, mean exactly 0)."""
+    votes = [v for v in (row.get("ratings") or []) if v != 0]
+    if how == "rater" and votes:
+        return 1 if rng.choice(votes) > 0 else -1
+    if how == "rater" and row.get("ratings"):
+        return None
+    return None if row["rating"] == 0 else (1 if row["rating"] > 0 else -1)
+
+
+def training_sentences(task, recipe: TuningRecipe, human_rows: list[dict]) -> list[dict]:
+    """The sentences the judge may learn from: the chosen corpora, movie sentences of the train split only."""
+    from alignlab.tasks.human_ratings import MOVIES, movie_sentences_in_split
+
+    rows = [r for r in human_rows if r["corpus"] in recipe.corpora and r["corpus"] != MOVIES]
+    if MOVIES in recipe.corpora:
+        rows += movie_sentences_in_split(task, [r for r in human_rows if r["corpus"] == MOVIES], "train")
+    return [r for r in rows if len(r["text"]) <= recipe.max_chars]
+
+
+def sft_rows(recipe: TuningRecipe, sentences: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(train rows, validation rows) of ``{prompt, completion, corpus, id}``, drawn with ``recipe.seed``."""
+    rng = random.Random(recipe.seed)
+    order = list(range(len(sentences)))
+    rng.shuffle(order)
+    out: list[dict] = []
+    for i in order:
+        r = sentences[i]
+        v = vote(r, recipe.label, rng)
+        if v is None:
+            continue
+        answer = recipe.answers[0] if v > 0 else recipe.answers[1]
+        out.append(
+            {
+                "prompt": judge_prompt(recipe, r["text"]),
+                "completion": answer,
+                "corpus": r["corpus"],
+                "id": r["id"],
+            }
+        )
+        if len(out) == recipe.n_train + recipe.n_val:
+            break
+    return out[recipe.n_val :], out[: recipe.n_val]
+
+
+def lora_targets(n_layers: int, top: int) -> list[str] | None:
+    """LoRA target names for the top ``top`` layers of a Llama-style model (None: peft's defaults, all)."""
+    if top <= 0 or top >= n_layers:
+        return None
+    return [f"layers.{i}.{m}" for i in range(n_layers - top, n_layers) for m in (*LLAMA_PROJ, *LLAMA_MLP)]
+
+
+def train_overrides(
+    recipe: TuningRecipe, base: ModelSpec, train: Path, val: Path, run_dir: Path
+) -> list[str]:
+    """The ``alignlab.train`` command line (SFT with LoRA) that tunes the judge."""
+    from transformers import AutoConfig
+
+    n_layers = AutoConfig.from_pretrained(base.local_path()).num_hidden_layers
+    targets = lora_targets(n_layers, recipe.lora_layers)
+    ov = [
+        f"model.source={base.source}",
+        f"model.name_or_path={json.dumps(base.name_or_path)}",
+        f"model.cache_dir={json.dumps(base.cache_dir)}",
+        f"model.dtype={base.dtype}",
+        "peft=lora",
+        f"peft.r={recipe.lora_r}",
+        f"peft.alpha={2 * recipe.lora_r}",
+        "algo=sft",
+        f"algo.optimizer.lr={recipe.lr}",
+        f"algo.scheduler.warmup_steps={max(1, recipe.steps // 10)}",
+        "data=sft",
+        f"data.train_path={json.dumps(str(train))}",
+        f"data.val_path={json.dumps(str(val))}",
+        "data.use_chat_template=false",
+        f"data.batch_size={recipe.batch_size}",
+        "data.max_length=192",
+        "data.max_prompt_length=160",
+        "trainer=cpu" if not _cuda() else "trainer=default",
+        f"trainer.precision={recipe.precision}",
+        f"trainer.max_steps={recipe.steps}",
+        f"trainer.val_check_interval={recipe.steps}",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        "callbacks=none",
+        f"seed={recipe.seed}",
+        f"hydra.run.dir={json.dumps(str(run_dir))}",
+    ]
+    if targets is not None:
+        ov.append("peft.target_modules=[" + ",".join(targets) + "]")
+    return ov
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def ensure_tuned_judge(recipe: TuningRecipe, base: ModelSpec, task: Any = "sentiment") -> Path:
+    """The tuned judge's adapter directory: trained once per (recipe, base model, task data), then cached."""
+    from alignlab.artifacts import Store
+    from alignlab.models.bundled import default_cache_dir
+    from alignlab.tasks import build_task, compose_task
+    from alignlab.tasks.human_ratings import ensure_human_ratings
+    from alignlab.tasks.prepare import file_sha256, read_jsonl
+
+    root = Path(base.cache_dir).expanduser() if base.cache_dir else default_cache_dir()
+    task = compose_task(task, cache_dir=str(root)) if isinstance(task, str) else build_task(task)
+    ratings = ensure_human_ratings(task.task_dir, getattr(task, "archive", None))
+    spec = {
+        "recipe": asdict(recipe),
+        "base": base.identity(),
+        "ratings": file_sha256(ratings),
+        "train_prompts": file_sha256(task.prompt_file("train")),
+    }
+
+    def build(out: Path) -> dict:
+        train, val = sft_rows(recipe, training_sentences(task, recipe, read_jsonl(ratings)))
+        write_jsonl(out / "train.jsonl", train)
+        write_jsonl(out / "val.jsonl", val)
+        cmd = [
+            sys.executable,
+            "-m",
+            "alignlab.train",
+            *train_overrides(recipe, base, out / "train.jsonl", out / "val.jsonl", out / "run"),
+        ]
+        print(
+            f"[alignlab] tuning the judge on {len(train)} human-rated sentences ({recipe.steps} steps) ...",
+            flush=True,
+        )
+        env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        (out / "train.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"tuning the judge failed (exit {proc.returncode}); see {out / 'train.log'}:\n{proc.stderr[-2000:]}"
+            )
+        metrics = json.loads((out / "run" / "metrics.json").read_text())
+        counts: dict[str, int] = {}
+        for r in train:
+            counts[r["corpus"]] = counts.get(r["corpus"], 0) + 1
+        info = {"train_rows": len(train), "val_rows": len(val), "by_corpus": counts, "metrics": metrics}
+        write_json(out / "tuning.json", info)
+        return info
+
+    path, _rec, _cached = Store(root / "models").run("tuned_judge", spec, build)
+    return path / "run" / "policy"
+
+
+@dataclass
+class TunedJudgeSpec(ModelSpec):
+    """A ``ModelSpec`` for the tuned judge: ``base`` plus the adapter ``ensure_tuned_judge`` trains (on the
+    first load), merged into the weights."""
+
+    source: str = "hf"
+    base: dict = field(default_factory=lambda: {"source": "smollm2_135m"})
+    """The model tuned (fields of ``ModelSpec``)."""
+    tuning: dict = field(default_factory=dict)
+    """``TuningRecipe`` fields."""
+    task: Any = "sentiment"
+    """The task whose train split bounds the movie sentences (a conf/task name or config)."""
+
+    def base_spec(self) -> ModelSpec:
+        return ModelSpec(**{"cache_dir": self.cache_dir, **dict(self.base)})
+
+    def recipe(self) -> TuningRecipe:
+        return TuningRecipe(**dict(self.tuning))
+
+    def local_path(self) -> str:
+        return str(ensure_tuned_judge(self.recipe(), self.base_spec(), self.task))
+
+    def identity(self) -> str:
+        from alignlab.judges.templates import text_hash
+
+        return text_hash("tuned_judge", self.base_spec().identity(), asdict(self.recipe()), self.dtype)
+
+    def load(self):
+        self.name_or_path = self.local_path()
+        lm = super().load()
+        if hasattr(lm.model, "merge_and_unload"):
+            lm.model = lm.model.merge_and_unload()
+        return lm
