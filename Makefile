@@ -14,10 +14,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Installs torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine. The bench
-# extra (TRL, a benchmark peer only) is installed for development so the harness test runs.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+# extra (TRL, a benchmark peer only) is installed for development so the harness test runs. Every package
+# at its tested version: constraints.txt (pyproject.toml has compatible ranges).
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	@touch $(STAMP)
 
 install: $(STAMP)

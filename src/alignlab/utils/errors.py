@@ -52,7 +52,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[...
     """
     import hydra
 
-    from alignlab.utils.hydra import CONF_DIR
+    from alignlab.utils.hydra import CONF_PATH
 
     prog = f"alignlab-{config_name}"
 
@@ -70,7 +70,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[...
                 report(prog, e)
                 sys.exit(EXIT_USER_ERROR)
 
-        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_PATH, config_name=config_name)(task)
 
         @functools.wraps(fn)
         def main(cfg_passthrough=None):
