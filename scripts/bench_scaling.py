@@ -92,15 +92,15 @@ def _random_batch(batch: int, length: int, device, vocab: int, gen: torch.Genera
 
 def dpo_step_fn(policy, batch: dict, opt):
     from alignlab.losses.preference import preference_loss
-    from alignlab.models.peft import reference_mode
-    from alignlab.modules.ref_cache import concatenated_logps
+    from alignlab.models.completion import concatenated_logps
+    from alignlab.models.reference import ReferenceModel
 
     n = batch["chosen_input_ids"].shape[0]
 
     def step():
         logps, _ = concatenated_logps(policy, batch)  # (2B,)
-        with reference_mode(policy):
-            ref, _ = concatenated_logps(policy, batch)
+        with ReferenceModel(policy) as ref_model:
+            ref, _ = concatenated_logps(ref_model, batch)
         out = preference_loss("sigmoid", logps[:n], logps[n:], ref[:n], ref[n:], beta=0.1)
         out.losses.mean().backward()
         opt.step()
@@ -111,10 +111,10 @@ def dpo_step_fn(policy, batch: dict, opt):
 
 def ppo_step_fns(policy, tokenizer, prompts: list[list[int]], new_tokens: int, opt):
     """(generation, update) closures of one PPO iteration (one epoch, one minibatch)."""
+    from alignlab.models.completion import completion_logprobs, forward_completion
     from alignlab.models.generation import SamplingConfig, left_pad, sample
     from alignlab.models.logprobs import gather_logprobs
-    from alignlab.models.peft import reference_mode
-    from alignlab.modules.rollout import completion_logprobs, forward_completion
+    from alignlab.models.reference import ReferenceModel
 
     state = {}
     # min_new_tokens: every sequence runs the full length so that time scales with the nominal length
@@ -136,8 +136,8 @@ def ppo_step_fns(policy, tokenizer, prompts: list[list[int]], new_tokens: int, o
         qr, attn, ctx = state["qr"], state["attn"], state["ctx"]
         with torch.no_grad():
             old = completion_logprobs(policy, qr, attn, ctx)
-            with reference_mode(policy):
-                completion_logprobs(policy, qr, attn, ctx)
+            with ReferenceModel(policy) as ref_model:
+                completion_logprobs(ref_model, qr, attn, ctx)
         logits, _ = forward_completion(policy, qr, attn, ctx)
         ratio = (gather_logprobs(logits, state["resp"]) - old).exp()
         (-(ratio * state["mask"]).sum() / state["mask"].sum()).backward()

@@ -12,9 +12,9 @@ import torch
 
 from alignlab.data.datamodules import PreferenceDataModule
 from alignlab.models import LoraSpec, ModelSpec, apply_peft
-from alignlab.models.logprobs import sequence_logps
+from alignlab.models.completion import concatenated_logps
+from alignlab.models.logprobs import token_logprobs
 from alignlab.modules.dpo import DPOModule
-from alignlab.modules.ref_cache import concatenated_logps
 from alignlab.resources import resource
 from alignlab.utils.config import ConfigError
 from conftest import compose
@@ -59,9 +59,9 @@ def test_concatenated_forward_equals_separate_forwards(tiny_lm):
     with torch.no_grad():
         logps, ntok = concatenated_logps(model, batch)  # (2B,)
         sep = [
-            sequence_logps(
+            token_logprobs(
                 model, batch[f"{s}_input_ids"], batch[f"{s}_attention_mask"], batch[f"{s}_loss_mask"]
-            )
+            )[0].sum(-1)
             for s in ("chosen", "rejected")
         ]
     n = batch["chosen_input_ids"].shape[0]
@@ -86,7 +86,7 @@ def test_heldout_preference_accuracy_rises(tiny_lm, tmp_path):
     for name in ("chosen", "rejected"):
         assert f"val/logps/{name}" in after and f"val/rewards/{name}" in after
     # the full fine-tune's frozen reference copy never moved
-    assert module.ref_model is not None
+    assert module.ref_model.kind == "frozen" and list(module.ref_model.parameters())
     assert not any(p.requires_grad for p in module.ref_model.parameters())
 
 
@@ -95,7 +95,8 @@ def test_lora_trains_adapter_and_keeps_base_weights(tiny_lm, tmp_path):
     base = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" not in n}
     lora = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_B" in n}
     module = DPOModule(policy, tiny_lm.tokenizer, optimizer=adamw(5e-3), beta=0.5)
-    assert module.ref_model is None  # the reference is the adapter-disabled policy, never a copy
+    assert module.ref_model.kind == "adapter"  # the adapter-disabled policy, never a copy
+    assert not list(module.ref_model.parameters())
     trainer(max_steps=8, tmp_path=tmp_path).fit(module, datamodule=datamodule(tiny_lm.tokenizer))
     for n, p in policy.named_parameters():
         if n in base:
@@ -173,7 +174,8 @@ def test_without_cache_the_reference_runs_every_step(tiny_lm, tmp_path):
 
 def test_full_finetune_precompute_needs_no_copy_and_checkpoint_is_lean(tiny_lm, tmp_path):
     module = DPOModule(tiny_lm.model, tiny_lm.tokenizer, optimizer=adamw(1e-3), precompute_ref_logps=True)
-    assert module.ref_model is None  # every reference log-prob comes from the untouched policy, once
+    assert module.ref_model.kind == "policy"  # every reference log-prob from the untouched policy, once
+    assert not list(module.ref_model.parameters())
     tr = trainer(max_steps=4, tmp_path=tmp_path)
     tr.fit(module, datamodule=datamodule(tiny_lm.tokenizer))
     assert module.ref_forward_calls == 8  # 7 train + 1 val batches, before the first update

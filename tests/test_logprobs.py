@@ -8,6 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from alignlab.models import LoraSpec, apply_peft
+from alignlab.models.completion import concatenated_logps
 from alignlab.models.logprobs import (
     gather_logprobs,
     shared_prompt_layout,
@@ -15,8 +16,7 @@ from alignlab.models.logprobs import (
     split_head,
     token_logprobs,
 )
-from alignlab.models.peft import reference_mode
-from alignlab.modules.ref_cache import concatenated_logps
+from alignlab.models.reference import ReferenceModel
 
 VOCAB = 97
 
@@ -101,7 +101,7 @@ def test_lora_policy_grads_and_reference_match_full_logits(arch, side):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
     # the reference (adapter disabled) goes through the same function and differs from the policy
-    with reference_mode(policy) as ref:
+    with ReferenceModel(policy) as ref:
         ref_fast, _ = token_logprobs(ref, ids, attn, loss)
         ref_want = reference(ref, ids, attn, loss)
     torch.testing.assert_close(ref_fast, ref_want, rtol=0, atol=1e-5)
@@ -195,7 +195,7 @@ def test_shared_prompt_equals_concatenated_forward(arch, attn):
     g_want = torch.autograd.grad(want.sum(), params)
     for a, b in zip(g_fast, g_want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    with reference_mode(policy) as ref:  # adapter disabled: same function, different numbers
+    with ReferenceModel(policy) as ref:  # adapter disabled: same function, different numbers
         ref_logps, _ = shared_prompt_logps(ref, batch)
         torch.testing.assert_close(ref_logps, concatenated(ref, batch), rtol=0, atol=1e-5)
     assert not torch.allclose(ref_logps, logps.detach(), atol=1e-3)
@@ -257,7 +257,7 @@ def rollout_batch(k: int = 3, seed: int = 0):
 def test_grouped_rollout_forward_equals_per_row_forward(arch, attn):
     """Each prompt once per group of k samples: the completion log-probs and LoRA gradients equal the
     per-row (B, P + L) forward; the reference (adapter off) too."""
-    from alignlab.modules.rollout import forward_completion
+    from alignlab.models.completion import forward_completion
 
     model = apply_peft(tiny_model(arch), LoraSpec(r=4, alpha=8))
     model.config._attn_implementation = attn
@@ -282,7 +282,7 @@ def test_grouped_rollout_forward_equals_per_row_forward(arch, attn):
     assert (got != 0).sum() == rmask.sum()  # every completion token has a log-prob, nothing else
     for g, w in zip([p.grad for p in lora], want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
-    with reference_mode(model):
+    with ReferenceModel(model):
         torch.testing.assert_close(logps(3), logps(1), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(logps(3), got.detach())  # the adapter matters, so the check can fail
 

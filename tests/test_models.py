@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignlab.models import LoraSpec, ModelSpec, apply_peft, reference_mode
+from alignlab.models import LoraSpec, ModelSpec, ReferenceModel, apply_peft
 from alignlab.models.generation import SamplingConfig, sample
 from alignlab.models.logprobs import gather_logprobs, token_logprobs
 
@@ -28,7 +28,7 @@ def test_lora_reference_equals_base(tiny_lm):
             if "lora_B" in n:
                 p.add_(0.5)
     assert not torch.allclose(policy(ids).logits, base_logits)
-    with reference_mode(policy) as ref:
+    with ReferenceModel(policy) as ref:
         assert torch.allclose(ref(ids).logits, base_logits, atol=1e-6)
     frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]

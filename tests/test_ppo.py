@@ -63,7 +63,7 @@ def test_ppo_tiny_raises_score_and_writes_artifacts(tmp_path):
     assert ckpt["optimizer_states"][0]["state"]
     assert {"torch", "python", "numpy"} <= set(ckpt["rng_state"])
     assert any(k.startswith("value_head.") for k in ckpt["state_dict"])
-    assert not any(k.startswith("ref_policy.") for k in ckpt["state_dict"])
+    assert not any(k.startswith("ref_model.") for k in ckpt["state_dict"])
 
     # resuming restores them and continues
     cfg2 = compose(
@@ -119,7 +119,8 @@ def test_ppo_lora_separate_value_adapter(tmp_path, tiny_lm):
         num_minibatches=1,
         log_samples_every=0,
     )
-    assert module.ref_policy is None  # the reference is the adapter switched off, not a copy
+    assert module.ref_model.kind == "adapter"  # the reference is the adapter switched off, not a copy
+    assert not list(module.ref_model.parameters())
     value_params = [p for n, p in policy.named_parameters() if ".value." in n]
     assert value_params and all(p.requires_grad for p in value_params)
     cfg = compose(
@@ -202,7 +203,7 @@ def test_ppo_smollm2_lora_two_steps(tmp_path):
         ]
     )
     metrics, objs = train(cfg)
-    assert objs["trainer"].global_step == 2 and objs["module"].ref_policy is None
+    assert objs["trainer"].global_step == 2 and objs["module"].ref_model.kind == "adapter"
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert "kl_controller" in ckpt["rl_state"] and ckpt["optimizer_states"]
     assert all("lora_" in k or k.startswith("value_head.") for k in ckpt["state_dict"])

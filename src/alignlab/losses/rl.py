@@ -186,17 +186,11 @@ def token_rewards(
     """
     m = mask.to(kl.dtype)
     non_score_reward = -kl_coef * kl * m
-    last = last_index(mask)  # (B,)
+    last = (torch.arange(mask.shape[-1], device=mask.device) * (mask > 0)).argmax(-1)  # (B,) last real token
     rewards = non_score_reward.clone()
     rows = torch.arange(rewards.shape[0], device=rewards.device)
     rewards[rows, last] += scores.to(rewards.dtype) * (m.sum(-1) > 0).to(rewards.dtype)
     return rewards, non_score_reward
-
-
-def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of ``mask`` (B, T) -> (B,); 0 for an empty row."""
-    pos = torch.arange(mask.shape[-1], device=mask.device)
-    return (pos * (mask > 0)).argmax(-1)
 
 
 def adaptive_kl_coef(kl_coef: float, current_kl: float, target: float, horizon: int, n_steps: int) -> float:

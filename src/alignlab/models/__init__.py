@@ -1,4 +1,5 @@
 from alignlab.models.loader import LoadedLM, ModelSpec
-from alignlab.models.peft import LoraSpec, apply_peft, reference_mode
+from alignlab.models.peft import LoraSpec, apply_peft
+from alignlab.models.reference import LoadedPolicy, ReferenceModel, load_policy
 
-__all__ = ["LoadedLM", "LoraSpec", "ModelSpec", "apply_peft", "reference_mode"]
+__all__ = ["LoadedLM", "LoadedPolicy", "LoraSpec", "ModelSpec", "ReferenceModel", "apply_peft", "load_policy"]

@@ -166,24 +166,6 @@ class ModelSpec:
         return model, tok
 
 
-def load_policy(spec: ModelSpec, policy_path: str | None = None):
-    """The policy a stage samples from: ``spec`` itself, a LoRA adapter directory on top of ``spec``, or a
-    full model directory. Returns (model, tokenizer, kind) with kind ``base``, ``adapter`` or ``full``."""
-    if not policy_path:
-        lm = spec.load()
-        return lm.model, lm.tokenizer, "base"
-    p = Path(str(policy_path)).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"policy_path={policy_path!r} does not exist; give a run's policy/ directory")
-    if (p / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        lm = spec.load()
-        return PeftModel.from_pretrained(lm.model, str(p)), lm.tokenizer, "adapter"
-    full = ModelSpec(source="hf", name_or_path=str(p), dtype=spec.dtype).load()
-    return full.model, full.tokenizer, "full"
-
-
 def prepare_tokenizer(tok) -> None:
     """Make sure a pad token exists; training pads right, generation pads left (set at call sites)."""
     if tok.pad_token is None:
@@ -196,3 +178,10 @@ def disable_dropout(model) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+
+
+def has_dropout(model) -> bool:
+    """Whether any dropout is active in training mode (``nn.Dropout`` modules or attention dropout)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    return float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0

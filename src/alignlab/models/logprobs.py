@@ -92,21 +92,6 @@ def token_logprobs(
     return logps, mask
 
 
-def sequence_logps(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    loss_mask: torch.Tensor,
-    average: bool = False,
-) -> torch.Tensor:
-    """Sum (or mean, with ``average``) of completion-token log-probs per sequence: (B,)."""
-    logps, mask = token_logprobs(model, input_ids, attention_mask, loss_mask)
-    total = logps.sum(-1)
-    if average:
-        return total / mask.sum(-1).clamp(min=1)
-    return total
-
-
 def attention_kind(model) -> str | None:
     """The model's attention implementation (``sdpa``, ``eager``, ``flash_attention_2``, ...)."""
     cfg = getattr(model, "config", None)

@@ -1,4 +1,4 @@
-"""LoRA through peft; the reference policy is the same model with the adapter disabled."""
+"""LoRA through peft: wrapping, adapter switching, and lean decoding (``lean_adapter``)."""
 
 from __future__ import annotations
 
@@ -71,19 +71,27 @@ def is_peft(model) -> bool:
 
 
 @contextlib.contextmanager
-def reference_mode(model):
-    """Run ``model`` as the reference policy: adapter disabled (LoRA), no gradient."""
-    with torch.no_grad():
-        if is_peft(model):
-            with model.disable_adapter():
-                yield model
-        else:
+def kept_requires_grad(model):
+    """Restore every parameter's ``requires_grad`` on exit: peft re-marks inactive adapters as frozen
+    when it switches adapters (a disabled adapter, PPO's value adapter), which would freeze them."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def active_adapter(model, name: str):
+    """Run a PeftModel with adapter ``name`` active, keeping every parameter's requires_grad as it was."""
+    previous = model.active_adapter
+    with kept_requires_grad(model):
+        model.set_adapter(name)
+        try:
             yield model
-
-
-def trainable_state_dict(model) -> dict[str, torch.Tensor]:
-    """Only the parameters that train (the adapter under LoRA): what a checkpoint needs."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        finally:
+            model.set_adapter(previous)
 
 
 def _plain_lora_layers(model) -> list | None:

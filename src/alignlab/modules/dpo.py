@@ -12,20 +12,16 @@ One training step:
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch.utils.data import DataLoader
 
 from alignlab.losses.preference import LOSS_TYPES, preference_loss
-from alignlab.models.logprobs import shared_prompt_logps
-from alignlab.models.peft import is_peft, reference_mode
+from alignlab.models.completion import pair_logps
+from alignlab.models.reference import ReferenceModel
 from alignlab.modules.base import PolicyModule
 from alignlab.modules.ref_cache import (
     RefLogpsCache,
     cache_key,
     compute_ref_table,
-    concatenated_logps,
     data_fingerprint,
     lookup,
     model_fingerprint,
@@ -34,8 +30,6 @@ from alignlab.utils.config import ConfigError
 from alignlab.utils.runtime import get_logger
 
 log = get_logger(__name__)
-
-_TOKENISATION_KEYS = ("max_length", "max_prompt_length", "truncation", "use_chat_template", "system_prompt")
 
 
 class DPOModule(PolicyModule):
@@ -92,10 +86,9 @@ class DPOModule(PolicyModule):
                 "algo.loss_type=simpo is defined on length-normalised log-probs; "
                 "remove algo.length_normalize=false"
             )
-        if loss_type == "simpo" and precompute_ref_logps:
-            raise ConfigError(
-                "algo.precompute_ref_logps=true has no use with algo.loss_type=simpo (no reference)"
-            )
+        if not needs_ref and precompute_ref_logps:
+            log.info("algo.loss_type=%s uses no reference: skipping algo.precompute_ref_logps", loss_type)
+            precompute_ref_logps = False
         self.loss_type = loss_type
         self.beta = beta
         self.label_smoothing = label_smoothing
@@ -108,35 +101,30 @@ class DPOModule(PolicyModule):
         self.ref_forward_calls = 0
         """How many reference forward passes ran (tests assert it stays 0 once the table exists)."""
         self._ref_tables: dict[str, dict[str, torch.Tensor]] = {}
-        # Full fine-tuning needs a frozen copy as the reference, unless every reference log-prob is
-        # precomputed from the untouched policy before the first update. Under LoRA the reference is the
-        # same model with the adapter disabled (never a copy).
-        self.ref_model = None
-        if needs_ref and not is_peft(policy) and not precompute_ref_logps:
-            self.ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+        # pi_ref: under LoRA the adapter switched off (never a copy); under full fine-tuning a frozen
+        # copy, unless every reference log-prob is precomputed from the untouched policy before the first
+        # update (then the policy itself, read only then). None for reference-free losses.
+        self.ref_model = (
+            ReferenceModel.of(policy, frozen_copy=not precompute_ref_logps) if needs_ref else None
+        )
 
     # -- log-probs ------------------------------------------------------------------------------
     def pair_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs (2B,) and token counts (2B,), chosen rows then rejected: the one
         function behind the policy, the reference and the precomputed reference table."""
-        out = shared_prompt_logps(model, batch) if self.share_prompt else None
-        return out if out is not None else concatenated_logps(model, batch)
+        return pair_logps(model, batch, self.share_prompt)
 
     # -- reference ------------------------------------------------------------------------------
     def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed reference log-probs (2B,) and token counts (2B,), one forward (counted)."""
         self.ref_forward_calls += 1
-        if self.ref_model is not None:
-            self.ref_model.eval()
-            with torch.no_grad():
-                return self.pair_logps(self.ref_model, batch)
-        with reference_mode(self.policy):
-            return self.pair_logps(self.policy, batch)
+        with self.ref_model as ref:
+            return self.pair_logps(ref, batch)
 
     def _ref_for_batch(self, batch: dict, split: str) -> torch.Tensor:
         table = self._ref_tables.get(split)
         if table is None:
-            if self.ref_model is None and not self.uses_lora:
+            if self.ref_model.kind == "policy":  # full fine-tune: the policy has moved on
                 raise RuntimeError(
                     f"no reference for the {split} batch: full fine-tuning with precomputed "
                     "reference log-probs only has them for the fit's train/val sets"
@@ -154,40 +142,32 @@ class DPOModule(PolicyModule):
     def on_fit_start(self) -> None:
         if not (self.precompute_ref_logps and self.needs_ref):
             return
-        dm = self.trainer.datamodule
-        if dm is None or getattr(dm, "train_set", None) is None:
-            raise ConfigError("algo.precompute_ref_logps=true needs a datamodule with train_set / val_set")
-        tok_settings = {k: dm.hparams.get(k) for k in _TOKENISATION_KEYS if k in dm.hparams}
-        tok_settings["tokenizer"] = getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__)
+        loaders = getattr(self.trainer.datamodule, "ordered_dataloaders", None)
+        if loaders is None:
+            raise ConfigError(
+                "algo.precompute_ref_logps=true needs a datamodule with ordered_dataloaders() "
+                "(data=preference or a label-app output)"
+            )
         model_id = getattr(self, "_ref_model_id", None) or model_fingerprint(self.policy)
-        for split, ds in (("train", dm.train_set), ("val", dm.val_set)):
-            if ds is None or len(ds) == 0:
-                continue
-            self._ref_tables[split] = self._load_or_compute(split, ds, dm, model_id, tok_settings)
+        for split, loader in loaders().items():
+            self._ref_tables[split] = self._load_or_compute(split, loader, model_id)
 
-    def _load_or_compute(self, split, ds, dm, model_id: str, tok_settings: dict) -> dict[str, torch.Tensor]:
-        items = [ds[i] for i in range(len(ds))]
-        key = cache_key(data_fingerprint(items), model_id, tok_settings)
+    def _load_or_compute(self, split: str, loader, model_id: str) -> dict[str, torch.Tensor]:
+        """The reference table of one split (``loader``: its pairs in file order), from the cache or
+        one reference pass."""
+        data_id, size = data_fingerprint(loader)
+        tokenizer = getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__)
+        key = cache_key(data_id, model_id, tokenizer)
         if self.ref_cache is not None and (table := self.ref_cache.load(key)) is not None:
             log.info("reference log-probs for %s read from %s", split, self.ref_cache.path(key))
             return {k: v.to(self.device) for k, v in table.items()}
-        if self.ref_model is None and not self.uses_lora and self.trainer.ckpt_path:
+        if self.ref_model.kind == "policy" and self.trainer.ckpt_path:
             # the policy has moved away from the reference and there is no frozen copy to recompute it from
             where = self.ref_cache.directory if self.ref_cache else "memory (algo.ref_cache_dir is null)"
             raise ConfigError(
                 f"resuming a full fine-tune with algo.precompute_ref_logps=true needs the cached "
                 f"reference log-probs of the first run; none found for the {split} set in {where}"
             )
-        bs = getattr(dm.hparams, "eval_batch_size", None) or getattr(dm.hparams, "batch_size", 8)
-        # a private generator: the pass must not move the global RNG (reruns that hit the cache stay identical)
-        loader = DataLoader(
-            ds,
-            batch_size=bs,
-            shuffle=False,
-            collate_fn=dm.collator(),
-            generator=torch.Generator().manual_seed(0),
-        )
-        size = max(int(x["index"]) for x in items) + 1
         was_training = self.policy.training
         self.policy.eval()
         try:
@@ -197,7 +177,7 @@ class DPOModule(PolicyModule):
             self.policy.train(was_training)
         if self.ref_cache is not None and self.trainer.is_global_zero:
             path = self.ref_cache.save(key, table)
-            log.info("reference log-probs for %s (%d pairs) cached at %s", split, len(items), path)
+            log.info("reference log-probs for %s (%d pairs) cached at %s", split, len(loader.dataset), path)
         return {k: v.to(self.device) for k, v in table.items()}
 
     # -- loss -----------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ minibatches. ``trainer.max_steps`` counts optimiser updates (= iterations x ppo_
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 
@@ -21,26 +20,13 @@ from alignlab.losses.rl import (
     token_rewards,
     vf_loss,
 )
+from alignlab.models.completion import forward_completion
+from alignlab.models.heads import ScalarHead, hidden_size, last_hidden_state
 from alignlab.models.logprobs import gather_logprobs
-from alignlab.models.peft import is_peft
-from alignlab.modules.reward import ScalarHead, hidden_size, last_hidden_state
-from alignlab.modules.rollout import OnlineRLModule, forward_completion
+from alignlab.models.peft import active_adapter, is_peft
+from alignlab.modules.rollout import OnlineRLModule
 
 VALUE_ADAPTER = "value"
-
-
-@contextlib.contextmanager
-def active_adapter(model, name: str):
-    """Run a PeftModel with adapter ``name`` active, keeping every parameter's requires_grad as it was."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    previous = model.active_adapter
-    model.set_adapter(name)
-    try:
-        yield model
-    finally:
-        model.set_adapter(previous)
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 class PPOModule(OnlineRLModule):

@@ -1,8 +1,7 @@
-"""Pieces of pairwise training that more than one module can use: the concatenated chosen+rejected
-forward, and reference log-probs precomputed once and cached on disk.
+"""Reference log-probs of preference pairs, precomputed once and cached on disk.
 
-The cache key is a hash of (the encoded data: every token id of every pair, in order; a fingerprint of
-the reference weights; the tokenisation settings), so a rerun on the same data, model and tokenisation
+The cache key is a hash of (the encoded data: every token id and loss mask of every pair, in order; a
+fingerprint of the reference weights; the tokenizer), so a rerun on the same data, model and tokenisation
 reads the file and does no reference forward at all, while any change computes a fresh table.
 """
 
@@ -17,50 +16,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignlab.models.logprobs import token_logprobs
 from alignlab.utils.io import atomic_open
 from alignlab.utils.runtime import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
-def concatenated_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack chosen over rejected: input_ids, attention_mask, loss_mask, each (2B, T).
-
-    The preference collator pads both halves to one width (the longest sequence in the batch).
-    """
-
-    def cat(name: str) -> torch.Tensor:
-        c, r = batch[f"chosen_{name}"], batch[f"rejected_{name}"]
-        if c.shape[1] != r.shape[1]:
-            raise ValueError(
-                f"chosen_{name} and rejected_{name} differ in width ({c.shape[1]} vs {r.shape[1]}); "
-                "use PreferenceCollator, which pads both to one width"
-            )
-        return torch.cat([c, r], dim=0)  # (2B, T)
-
-    return cat("input_ids"), cat("attention_mask"), cat("loss_mask")
-
-
-def concatenated_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over chosen and rejected together. Returns the summed completion log-probs (2B,) and
-    the completion token counts (2B,): rows [:B] are chosen, rows [B:] rejected."""
-    input_ids, attention_mask, loss_mask = concatenated_inputs(batch)
-    logps, mask = token_logprobs(model, input_ids, attention_mask, loss_mask)  # (2B, T-1)
-    return logps.sum(-1), mask.sum(-1)
-
-
-def data_fingerprint(items: Iterable[dict]) -> str:
-    """Hash of the encoded pairs in order (index, prompt, chosen and rejected token ids)."""
+def data_fingerprint(batches: Iterable[dict]) -> tuple[str, int]:
+    """Hash of the encoded pairs in the loader's order (each pair's index and its chosen and rejected
+    token ids and loss masks, padding dropped), and the size of a table indexed by ``index``."""
     h = hashlib.sha256()
-    for ex in items:
-        h.update(str(ex["index"]).encode())
-        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
-            h.update(key.encode())
-            h.update(np.asarray(ex[key], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
+    size = 0
+    for batch in batches:
+        for i, index in enumerate(batch["index"].tolist()):
+            h.update(str(index).encode())
+            size = max(size, int(index) + 1)
+            for side in ("chosen", "rejected"):
+                keep = batch[f"{side}_attention_mask"][i].bool()
+                for name in ("input_ids", "loss_mask"):
+                    h.update(f"{side}_{name}".encode())
+                    h.update(batch[f"{side}_{name}"][i][keep].cpu().numpy().astype(np.int64).tobytes())
+    return h.hexdigest()[:16], size
 
 
 def model_fingerprint(model, samples_per_tensor: int = 256) -> str:
@@ -82,9 +60,9 @@ def model_fingerprint(model, samples_per_tensor: int = 256) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(data: str, model: str, tokenisation: dict) -> str:
+def cache_key(data: str, model: str, tokenizer: str) -> str:
     payload = json.dumps(
-        {"v": CACHE_VERSION, "data": data, "model": model, "tok": tokenisation}, sort_keys=True, default=str
+        {"v": CACHE_VERSION, "data": data, "model": model, "tok": tokenizer}, sort_keys=True, default=str
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 

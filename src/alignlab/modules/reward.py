@@ -1,85 +1,24 @@
-"""Reward model (``algo=reward``): a causal-LM backbone with a scalar head, trained with Bradley–Terry.
-
-The score of a sequence is the head applied to the last hidden state of its last real token (found from
-the attention mask: pad == eos for many tokenizers, so never from ``ids != pad``).
-"""
+"""Reward model (``algo=reward``): a causal-LM backbone with a scalar head (``alignlab.models.heads``),
+trained with Bradley–Terry."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from alignlab.losses.reward import bradley_terry_loss, calibration_bins, preference_accuracy
-from alignlab.losses.rl import last_index
+from alignlab.models.heads import (
+    ScalarHead,
+    backbone,
+    hidden_size,
+    plain_spec,
+    save_reward_head,
+    sequence_scores,
+)
 from alignlab.models.logprobs import attention_kind, shared_prompt_hidden, shared_prompt_layout
-from alignlab.models.peft import is_peft
 from alignlab.modules.base import PolicyModule
-from alignlab.utils.io import atomic_open, write_json
-
-HEAD_FILE = "reward_head.safetensors"
-CONFIG_FILE = "reward_config.json"
-
-
-def backbone(model) -> nn.Module:
-    """The transformer under the LM head (LoRA layers, when present, stay in place)."""
-    inner = model.get_base_model() if is_peft(model) else model
-    return inner.base_model
-
-
-def last_hidden_state(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(B, T, H) final hidden states, without computing the vocabulary logits."""
-    out = backbone(model)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    )
-    return out.last_hidden_state
-
-
-def hidden_size(model) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
-
-
-class ScalarHead(nn.Module):
-    """hidden (..., H) -> scalar (...,), kept in float32 whatever the backbone's dtype."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.summary = nn.Linear(hidden, 1)
-        nn.init.normal_(self.summary.weight, std=1.0 / math.sqrt(hidden + 1))
-        nn.init.zeros_(self.summary.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
-
-
-def sequence_scores(
-    model, head: ScalarHead, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Scalar score of each sequence, read at its last real token: (B, T) -> (B,)."""
-    hidden = last_hidden_state(model, input_ids, attention_mask)  # (B, T, H)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return head(hidden[rows, last_index(attention_mask)])
-
-
-def _plain(obj):
-    """JSON-able copy of a model spec (dataclass / DictConfig / dict)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if obj is None:
-        return None
-    if dataclasses.is_dataclass(obj):
-        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
-    if isinstance(obj, dict):
-        return {k: _plain(v) if isinstance(v, (dict, DictConfig, ListConfig)) else v for k, v in obj.items()}
-    return obj
+from alignlab.utils.io import atomic_open
 
 
 class RewardModule(PolicyModule):
@@ -98,6 +37,7 @@ class RewardModule(PolicyModule):
         calibration_num_bins: int = 10,
         plot_calibration: bool = True,
         base_model=None,
+        prompt_format: dict | None = None,
     ):
         """
         Args:
@@ -111,6 +51,9 @@ class RewardModule(PolicyModule):
             calibration_num_bins: bins of the calibration curve and ECE.
             plot_calibration: write the calibration PNG after each validation.
             base_model: the model spec (``${model}``), saved so a reward function can rebuild the backbone.
+            prompt_format: how the training pairs were encoded (``use_chat_template``, ``system_prompt``,
+                ``max_length``, ``max_prompt_length``; the algo config takes them from ``data``), saved so
+                a reward function encodes its texts the same way.
         """
         super().__init__(policy, tokenizer, optimizer, scheduler)
         if calibration_num_bins < 2:
@@ -121,7 +64,8 @@ class RewardModule(PolicyModule):
         self.center_rewards_coef = center_rewards_coef
         self.calibration_num_bins = calibration_num_bins
         self.plot_calibration = plot_calibration
-        self.base_model = _plain(base_model)
+        self.base_model = plain_spec(base_model)
+        self.prompt_format = dict(prompt_format or {})
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return sequence_scores(self.policy, self.head, input_ids, attention_mask)
@@ -195,26 +139,19 @@ class RewardModule(PolicyModule):
 
     def save_policy(self, directory: str | Path) -> Path:
         """Backbone (adapter or full weights) + tokenizer, the head, and ``reward_config.json``."""
-        from safetensors.torch import save
-
         directory = super().save_policy(directory)
-        head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        with atomic_open(directory / HEAD_FILE, "wb", encoding=None) as f:
-            f.write(save(head))
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        hp = getattr(dm, "hparams", {}) or {}
+        fmt = self.prompt_format
         stats = getattr(self, "_val_reward_stats", None)
-        write_json(
-            directory / CONFIG_FILE,
+        save_reward_head(
+            directory,
+            self.head,
             {
-                "format": "alignlab-reward-model",
-                "hidden_size": hidden_size(self.policy),
                 "peft": self.uses_lora,
                 "base_model": self.base_model,
-                "use_chat_template": hp.get("use_chat_template", "auto"),
-                "system_prompt": hp.get("system_prompt"),
-                "max_length": int(hp.get("max_length", 512)),
-                "max_prompt_length": int(hp.get("max_prompt_length", 256)),
+                "use_chat_template": fmt.get("use_chat_template", "auto"),
+                "system_prompt": fmt.get("system_prompt"),
+                "max_length": int(fmt.get("max_length") or 512),
+                "max_prompt_length": int(fmt.get("max_prompt_length") or 256),
                 "val_reward_mean": stats[0] if stats else None,
                 "val_reward_std": stats[1] if stats else None,
             },

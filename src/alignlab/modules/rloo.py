@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from alignlab.losses.rl import group_std_normalize, reinforce_loss, rloo_advantages
+from alignlab.models.completion import forward_completion
 from alignlab.models.logprobs import gather_logprobs
-from alignlab.modules.rollout import OnlineRLModule, Rollout, forward_completion
+from alignlab.modules.rl_state import Rollout
+from alignlab.modules.rollout import OnlineRLModule
 
 BASELINES = ("rloo", "ema", "mean", "none")
 

@@ -6,137 +6,21 @@ completion (width L), so every per-token tensor is (B, L) and aligned with the c
 
 from __future__ import annotations
 
-import copy
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from alignlab.losses.rl import adaptive_kl_coef, kl_estimate, masked_mean
+from alignlab.losses.rl import kl_estimate, masked_mean
+from alignlab.models.completion import completion_logprobs
 from alignlab.models.generation import SamplingConfig, left_pad, sample
-from alignlab.models.logprobs import entropy_from_logits, gather_logprobs, grouped_completion_logits
-from alignlab.models.peft import is_peft, reference_mode
+from alignlab.models.loader import has_dropout
+from alignlab.models.logprobs import entropy_from_logits
+from alignlab.models.reference import ReferenceModel
 from alignlab.modules.base import PolicyModule
+from alignlab.modules.rl_state import KLController, Rollout
 from alignlab.rewards.base import NormalizedReward, RewardFunction
 from alignlab.utils.io import write_jsonl
-
-
-# -- KL coefficient ---------------------------------------------------------------------------------------
-class KLController:
-    """Fixed KL coefficient, or Ziegler et al.'s adaptive one when ``target`` is set."""
-
-    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000):
-        if kl_coef < 0:
-            raise ValueError(f"algo.kl_coef must be >= 0 (got {kl_coef})")
-        if target is not None and (target <= 0 or horizon <= 0):
-            raise ValueError(f"algo.kl_target ({target}) and algo.kl_horizon ({horizon}) must be positive")
-        self.value, self.target, self.horizon = float(kl_coef), target, horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        if self.target is not None:
-            self.value = adaptive_kl_coef(self.value, current_kl, self.target, self.horizon, n_steps)
-
-    def state_dict(self) -> dict:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.value = float(state["value"])
-
-
-# -- one batch of rollouts ----------------------------------------------------------------------------------
-@dataclass
-class Rollout:
-    prompts: list[str]
-    completions: list[str]
-    query_responses: torch.Tensor  # (B, P + L) left-padded prompt, right-padded completion
-    attention_mask: torch.Tensor  # (B, P + L)
-    context_length: int  # P
-    responses: torch.Tensor  # (B, L)
-    response_mask: torch.Tensor  # (B, L) float
-    stopped: torch.Tensor  # (B,) bool: ended with EOS
-    raw_scores: torch.Tensor  # (B,) the reward function's scores
-    scores: torch.Tensor  # (B,) after normalisation, clipping and the missing-EOS penalty
-    logprobs: torch.Tensor | None  # (B, L) under the rollout policy (None until a fused forward sets it)
-    ref_logprobs: torch.Tensor  # (B, L) under the reference
-    kl: torch.Tensor | None  # (B, L) per-token KL estimate, 0 on padding (set with ``logprobs``)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.response_mask.sum(-1)
-
-    def index(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The tensors of a minibatch (rows ``idx``)."""
-        return {
-            k: getattr(self, k)[idx]
-            for k in ("query_responses", "attention_mask", "responses", "response_mask", "logprobs")
-        }
-
-
-def forward_completion(
-    model,
-    query_responses: torch.Tensor,
-    attention_mask: torch.Tensor,
-    context_length: int,
-    temperature: float = 1.0,
-    with_hidden: bool = False,
-    group: int = 1,
-):
-    """Logits (B, L, V) predicting each completion token, and optionally the hidden states (B, L, H)
-    of the positions that predict them. Position ids follow the left padding, as in generation.
-
-    With ``group`` = k >= 2 (rows in groups of k samples of one prompt) and no hidden states, each prompt
-    runs once per group (``grouped_completion_logits``; logits past a completion's end are zeros) where
-    the model and layout allow it, else the plain forward below."""
-    if group > 1 and not with_hidden:
-        logits = grouped_completion_logits(
-            model, query_responses, attention_mask, context_length, group, temperature
-        )
-        if logits is not None:
-            return logits, None
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    length = query_responses.shape[1] - context_length
-    out = model(
-        input_ids=query_responses,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-        output_hidden_states=with_hidden,
-        logits_to_keep=length + 1,
-    )
-    logits = out.logits[:, -length - 1 : -1]  # (B, L, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    hidden = out.hidden_states[-1][:, context_length - 1 : -1] if with_hidden else None  # (B, L, H)
-    return logits, hidden
-
-
-def completion_logprobs(
-    model,
-    query_responses,
-    attention_mask,
-    context_length,
-    temperature=1.0,
-    chunk: int | None = None,
-    group: int = 1,
-) -> torch.Tensor:
-    """log pi(completion token) (B, L), in chunks of ``chunk`` sequences to bound the logits' memory;
-    ``group``: see ``forward_completion`` (a chunk that does not hold whole groups takes the plain path)."""
-    chunk = chunk or query_responses.shape[0]
-    out = []
-    for i in range(0, query_responses.shape[0], chunk):
-        logits, _ = forward_completion(
-            model,
-            query_responses[i : i + chunk],
-            attention_mask[i : i + chunk],
-            context_length,
-            temperature,
-            group=group,
-        )
-        out.append(gather_logprobs(logits, query_responses[i : i + chunk, context_length:]))
-        del logits
-    return torch.cat(out)
+from alignlab.utils.rng import rng_state, set_rng_state
 
 
 class OnlineRLModule(PolicyModule):
@@ -242,11 +126,12 @@ class OnlineRLModule(PolicyModule):
             )
         self.log_samples_every = log_samples_every
         self.num_log_samples = num_log_samples
-        # full fine-tuning needs a frozen copy as the reference; under LoRA it is the adapter switched off
-        self.ref_policy = None if is_peft(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
+        # pi_ref: under LoRA the adapter switched off, under full fine-tuning a frozen copy
+        self.ref_model = ReferenceModel.of(policy)
         self.iteration = 0  # rollout batches done (trainer.global_step counts optimiser updates)
 
     samples_per_prompt = 1  # RLOO: k consecutive rollout rows share a prompt
+    clips_own_gradients = True  # manual optimisation: algo.max_grad_norm, never trainer.gradient_clip_val
 
     @property
     def rollout_group(self) -> int:
@@ -256,15 +141,9 @@ class OnlineRLModule(PolicyModule):
 
     # -- rollouts ------------------------------------------------------------------------------------
     def reference_logprobs(self, qr, mask, ctx, temperature: float, group: int = 1) -> torch.Tensor:
-        """log pi_ref of the completion tokens: the frozen copy, or the policy with its adapter disabled."""
-        # peft re-marks inactive adapters as frozen when the adapter is switched back on: keep the flags
-        flags = [(p, p.requires_grad) for p in self.policy.parameters()]
-        try:
-            with reference_mode(self.policy if self.ref_policy is None else self.ref_policy) as ref:
-                return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size, group)
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+        """log pi_ref of the completion tokens (``self.ref_model``)."""
+        with self.ref_model as ref:
+            return completion_logprobs(ref, qr, mask, ctx, temperature, self.forward_batch_size, group)
 
     @torch.no_grad()
     def collect_rollouts(
@@ -482,7 +361,7 @@ class OnlineRLModule(PolicyModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref_policy.")
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ref_model.")
         }
         checkpoint["rl_state"] = self.rl_state()
         checkpoint["rng_state"] = rng_state()
@@ -492,40 +371,3 @@ class OnlineRLModule(PolicyModule):
             self.load_rl_state(checkpoint["rl_state"])
         if "rng_state" in checkpoint:
             set_rng_state(checkpoint["rng_state"])
-
-
-def has_dropout(model) -> bool:
-    """Whether any dropout is active in training mode (``nn.Dropout`` modules or attention dropout)."""
-    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
-        return True
-    return float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0
-
-
-def rng_state() -> dict:
-    """Every RNG the rollouts draw from, in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

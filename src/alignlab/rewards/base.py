@@ -73,21 +73,18 @@ class NormalizedReward(RewardFunction):
         reward: RewardFunction,
         normalize: bool = True,
         clip: float | None = None,
-        center_only: bool = False,
     ):
         """
         Args:
             reward: the reward function to wrap.
             normalize: standardise with the running mean and std of all scores seen so far (this batch included).
             clip: clip the (normalised) score to [-clip, clip]; None disables.
-            center_only: subtract the running mean but do not divide by the std.
         """
         if clip is not None and clip <= 0:
             raise ValueError(f"reward clip must be positive (got {clip})")
         self.reward = reward
         self.normalize = normalize
         self.clip = clip
-        self.center_only = center_only
         self.moments = RunningMoments()
         self.name = reward.name
 
@@ -103,9 +100,7 @@ class NormalizedReward(RewardFunction):
         if self.normalize:
             if update:
                 self.moments.update(scores if pooled is None else pooled)
-            scores = scores - self.moments.mean
-            if not self.center_only:
-                scores = scores / max(self.moments.std, 1e-6)
+            scores = (scores - self.moments.mean) / max(self.moments.std, 1e-6)
         if self.clip is not None:
             scores = scores.clamp(-self.clip, self.clip)
         return scores

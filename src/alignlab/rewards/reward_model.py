@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from alignlab.models.heads import load_reward_model, sequence_scores
 from alignlab.rewards.base import RewardFunction
-
-
-def load_reward_model(path: str | Path, dtype: str = "auto"):
-    """Rebuild (backbone, head, tokenizer, config) from a directory written by ``RewardModule.save_policy``."""
-    from safetensors.torch import load_file
-
-    from alignlab.models.loader import ModelSpec, prepare_tokenizer
-    from alignlab.modules.reward import CONFIG_FILE, HEAD_FILE, ScalarHead
-
-    path = Path(path).expanduser()
-    cfg_file = path / CONFIG_FILE
-    if not cfg_file.exists():
-        raise FileNotFoundError(
-            f"{path} is not a reward model directory (no {CONFIG_FILE}); train one with "
-            "`python -m alignlab.train algo=reward ...` and point at its <output_dir>/policy"
-        )
-    cfg = json.loads(cfg_file.read_text())
-    base = cfg.get("base_model")
-    if base:  # rebuild the base from its spec, then put the trained weights on it
-        spec = ModelSpec(**{**base, "dtype": dtype})
-        lm = spec.load()
-        tokenizer = lm.tokenizer
-        if (path / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(lm.model, str(path))
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=spec.resolved_dtype())
-    else:  # no spec recorded: the directory loads on its own (adapter_config names its base)
-        lm = ModelSpec(source="hf", name_or_path=str(path), dtype=dtype).load()
-        model, tokenizer = lm.model, lm.tokenizer
-    prepare_tokenizer(tokenizer)
-    head = ScalarHead(int(cfg["hidden_size"]))
-    head.load_state_dict(load_file(str(path / HEAD_FILE)))
-    model.eval()
-    head.eval()
-    for p in list(model.parameters()) + list(head.parameters()):
-        p.requires_grad_(False)
-    return model, head, tokenizer, cfg
 
 
 class RewardModelReward(RewardFunction):
@@ -94,7 +53,6 @@ class RewardModelReward(RewardFunction):
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         from alignlab.data.collate import join
-        from alignlab.modules.reward import sequence_scores
 
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")

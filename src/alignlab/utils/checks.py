@@ -17,10 +17,10 @@ def check_train_config(cfg: DictConfig) -> None:
             "trainer.strategy=ddp under hydra --multirun makes rank 1 re-run the whole sweep; "
             "use trainer=ddp_spawn, or one launcher job per run (hydra/launcher=submitit_slurm)"
         )
-    target = str(cfg.get("algo", {}).get("_target_", ""))
-    if target.rsplit(".", 1)[0].endswith((".ppo", ".rloo")) and tr.get("gradient_clip_val") is not None:
+    module = _algo_class(cfg)
+    if getattr(module, "clips_own_gradients", False) and tr.get("gradient_clip_val") is not None:
         raise ConfigError(
-            f"algo={target.rsplit('.', 1)[-1]} optimises manually and clips with algo.max_grad_norm; "
+            f"algo={module.__name__} optimises manually and clips with algo.max_grad_norm; "
             "set trainer.gradient_clip_val=null (the online-RL experiments do)"
         )
     precision = str(tr.get("precision", "32"))
@@ -28,6 +28,18 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.precision={precision} is not supported with trainer.accelerator=cpu; use 32 or bf16-mixed"
         )
+
+
+def _algo_class(cfg: DictConfig) -> type | None:
+    """The LightningModule class ``algo`` builds (None when it names none that imports: instantiation
+    reports that later, with Hydra's own message)."""
+    from hydra.utils import get_class
+
+    target = (cfg.get("algo") or {}).get("_target_")
+    try:
+        return get_class(target) if target else None
+    except Exception:
+        return None
 
 
 def _in_multirun() -> bool:

@@ -1,0 +1,60 @@
+"""What an online-RL run carries between its steps: a batch of rollouts, and the KL coefficient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.losses.rl import adaptive_kl_coef
+
+
+# -- KL coefficient ---------------------------------------------------------------------------------------
+class KLController:
+    """Fixed KL coefficient, or Ziegler et al.'s adaptive one when ``target`` is set."""
+
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000):
+        if kl_coef < 0:
+            raise ValueError(f"algo.kl_coef must be >= 0 (got {kl_coef})")
+        if target is not None and (target <= 0 or horizon <= 0):
+            raise ValueError(f"algo.kl_target ({target}) and algo.kl_horizon ({horizon}) must be positive")
+        self.value, self.target, self.horizon = float(kl_coef), target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            self.value = adaptive_kl_coef(self.value, current_kl, self.target, self.horizon, n_steps)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+# -- one batch of rollouts ----------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    prompts: list[str]
+    completions: list[str]
+    query_responses: torch.Tensor  # (B, P + L) left-padded prompt, right-padded completion
+    attention_mask: torch.Tensor  # (B, P + L)
+    context_length: int  # P
+    responses: torch.Tensor  # (B, L)
+    response_mask: torch.Tensor  # (B, L) float
+    stopped: torch.Tensor  # (B,) bool: ended with EOS
+    raw_scores: torch.Tensor  # (B,) the reward function's scores
+    scores: torch.Tensor  # (B,) after normalisation, clipping and the missing-EOS penalty
+    logprobs: torch.Tensor | None  # (B, L) under the rollout policy (None until a fused forward sets it)
+    ref_logprobs: torch.Tensor  # (B, L) under the reference
+    kl: torch.Tensor | None  # (B, L) per-token KL estimate, 0 on padding (set with ``logprobs``)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def index(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of a minibatch (rows ``idx``)."""
+        return {
+            k: getattr(self, k)[idx]
+            for k in ("query_responses", "attention_mask", "responses", "response_mask", "logprobs")
+        }
