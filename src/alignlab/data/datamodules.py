@@ -194,7 +194,7 @@ class RowsDataModule(L.LightningDataModule):
             n_val = max(1, round(len(train_rows) * h.val_fraction)) if len(train_rows) > 1 else 0
             val_rows = [train_rows[i] for i in sorted(order[:n_val])]
             train_rows = [train_rows[i] for i in sorted(order[n_val:])]
-            if False:
+            if not val_rows:
                 log.warning(
                     "%s has %d usable row: the validation split is empty, so no val/ metric will be logged; "
                     "add rows or give data.val_path",
