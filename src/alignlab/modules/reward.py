@@ -118,8 +118,10 @@ class RewardModule(PolicyModule):
         self.log("val/accuracy", preference_accuracy(chosen, rejected, p), sync_dist=True)
         self.log("val/margin", d.mean(), sync_dist=True)
         self.log("val/reward_mean", torch.cat([chosen, rejected]).mean(), sync_dist=True)
-        # calibration: both orders of each pair, predicted P(first > second) against the label
-        probs = torch.sigmoid(torch.cat([d, -d])).cpu()
+        # calibration: both orders of each pair, the P(first > second) = sigma(d - margin) that training
+        # fits, against the label
+        fit = d - self.margin
+        probs = torch.sigmoid(torch.cat([fit, -fit])).cpu()
         targets = torch.cat([p, 1 - p]).cpu()
         pred, emp, count, ece = calibration_bins(probs, targets, self.calibration_num_bins)
         self.log("val/ece", ece.to(self.device), sync_dist=True)
