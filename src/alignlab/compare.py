@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.stats import holm, minimum_detectable_effect, paired_gain, t_mean_ci
+from alignlab.utils.errors import cli_app
 from alignlab.utils.io import write_text
 
 ALPHA = 0.05
@@ -286,6 +287,7 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
     return report, tab + ("\n\n" + verdict(rows, pairs))
 
 
+@cli_app("alignlab-compare")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(

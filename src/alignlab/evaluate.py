@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.utils.hydra import CONF_DIR
+from alignlab.utils.errors import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -318,7 +317,7 @@ def summary(m: dict) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> float:
     return evaluate(cfg)["gold_reward"]
 

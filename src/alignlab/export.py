@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from alignlab.utils.errors import cli_app
+
 
 def export_merged(policy_dir: str | Path, out_dir: str | Path) -> Path:
     policy_dir, out_dir = Path(policy_dir), Path(out_dir)
@@ -31,6 +33,7 @@ def export_merged(policy_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+@cli_app("alignlab-export")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("policy_dir", help="a saved policy directory (adapter or full model)")

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from alignlab.utils.errors import hydra_app
 from alignlab.utils.hydra import CONF_DIR
 from alignlab.utils.runtime import configure_runtime, get_logger
 
@@ -352,7 +352,7 @@ def objective(cfg: DictConfig, record: dict) -> float:
     return gold - float(cfg.kl_penalty) * excess
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
+@hydra_app("pipeline")
 def main(cfg: DictConfig) -> float:
     from alignlab.publish import publish, published
 

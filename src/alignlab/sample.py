@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.utils.hydra import CONF_DIR
+from alignlab.utils.errors import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -80,7 +79,7 @@ def sample(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+@hydra_app("sample")
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 

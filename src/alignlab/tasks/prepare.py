@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alignlab.utils.errors import cli_app
 from alignlab.utils.io import write_json, write_jsonl
 
 REQUIREMENT = "vaderSentiment==3.3.2"
@@ -258,6 +259,7 @@ def describe(out_dir: Path) -> str:
     return f"{m['distinct_prompts']} distinct prompts: {sizes} ({out_dir})"
 
 
+@cli_app("alignlab-prepare")
 def main(argv: list[str] | None = None) -> None:
     """``alignlab-prepare [--task sentiment] [--force] [--archive SDIST] [--agreement]``."""
     ap = argparse.ArgumentParser(prog="alignlab-prepare", description="Prepare a task's prompts (cached).")
@@ -291,4 +293,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
