@@ -176,7 +176,9 @@ def test_text_hash_is_stable():
     assert text_hash("a", 1) == text_hash("a", 1) != text_hash("a", 2)
 
 
-@pytest.mark.parametrize("name", ["smollm2_135m", "smollm2_135m_pointwise", "openai_compatible"])
+@pytest.mark.parametrize(
+    "name", ["smollm2_135m", "smollm2_135m_pointwise", "openai_compatible", "tuned_smollm2"]
+)
 def test_judge_configs_instantiate(name, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -210,3 +212,57 @@ def test_judge_rewards_count_their_queries(tmp_path):
     reward(["p", "p"], ["a", "b"])
     reward(["p"], ["c"])
     assert reward.queries == 3
+
+
+def test_an_answer_below_the_option_mass_floor_is_invalid_and_never_a_preference():
+    from alignlab.tasks.pairs import PairSet, label_pairs
+
+    free = tiny_judge(mode="pointwise").judge_pairs(PROMPTS, FIRSTS, SECONDS)
+    masses = [float(r["raw"][0].split("option mass ")[1].rstrip(")")) for r in free]
+    assert all(0 < m < 1 for m in masses)
+    floor = sorted(masses)[len(masses) // 2] + 1e-9  # about half of the first texts fall below it
+    judge = tiny_judge(mode="pointwise", min_option_mass=floor)
+    out = judge.judge_pairs(PROMPTS, FIRSTS, SECONDS)
+    low = [i for i, m in enumerate(masses) if m < floor]
+    assert low and all(out[i]["verdict"] == "invalid" and out[i]["p_first"] is None for i in low)
+    rows, rep = label_pairs(judge, PairSet(PROMPTS, FIRSTS, SECONDS), progress=False)
+    assert rep["invalid"] >= len(low) and len(rows) == rep["decided"] and rep["below_mass_floor"] >= len(low)
+    with pytest.raises(ValueError, match="min_option_mass"):
+        tiny_judge(min_option_mass=1.0)
+
+
+def test_min_confidence_keeps_only_pairs_the_judge_is_sure_of():
+    from alignlab.judges.base import pair_confidence
+
+    free = tiny_judge(batch_size=8).judge_pairs(PROMPTS, FIRSTS, SECONDS)
+    conf = [pair_confidence(r, "pairwise") for r in free]
+    cut = sorted(conf)[len(conf) // 2] + 1e-9
+    sure = tiny_judge(batch_size=8, min_confidence=min(cut, 0.999)).judge_pairs(PROMPTS, FIRSTS, SECONDS)
+    for r, c in zip(sure, conf):
+        assert (r["verdict"] == "tie" and r.get("unsure")) if c < cut else r["verdict"] in ("first", "second")
+    # sure in both orders: orders that disagree give 0.5, otherwise the weaker order's confidence
+    assert pair_confidence({"p_first": 0.6, "p_forward": 0.9, "p_backward": 0.3}, "pairwise") == 0.5
+    assert pair_confidence(
+        {"p_first": 0.8, "p_forward": 0.9, "p_backward": 0.7}, "pairwise"
+    ) == pytest.approx(0.7)
+    assert pair_confidence(
+        {"p_first": 0.2, "p_forward": 0.9, "p_backward": 0.7}, "pointwise"
+    ) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="min_confidence"):
+        tiny_judge(min_confidence=0.4)
+
+
+def test_yes_reward_is_the_pointwise_judges_p_yes(tmp_path):
+    from alignlab.rewards.judge import JudgeYesReward
+
+    judge = tiny_judge(mode="pointwise", cache_path=str(tmp_path / "c.sqlite"))
+    pairs = judge.judge_pairs(PROMPTS, FIRSTS, SECONDS)
+    reward = JudgeYesReward(judge, centered=True)
+    r = reward(PROMPTS, FIRSTS)
+    assert r.tolist() == pytest.approx([2 * p["p_forward"] - 1 for p in pairs], abs=1e-6)
+    calls = judge.stats.calls
+    assert JudgeYesReward(judge, centered=False)(PROMPTS, FIRSTS).tolist() == pytest.approx(
+        [p["p_forward"] for p in pairs], abs=1e-6
+    )
+    assert judge.stats.calls == calls and reward.queries == len(PROMPTS)  # cached with the labels
+    assert reward.to("cpu") is reward and judge.device == "cpu"

@@ -114,3 +114,41 @@ def test_pairwise_reward_generates_references_once():
     )
     out = reward(["hello", "hello"], ["abc", "xyz"])
     assert out.shape == (2,) and ((out > 0) & (out < 1)).all() and list(reward.refs) == ["hello"]
+
+
+def test_audit_by_gold_gap_reliability_and_share_kept():
+    def pt(p):  # a pointwise judgement with P(first ≻ second) = p
+        return {
+            "verdict": "first" if p > 0.5 else "second",
+            "p_first": p,
+            "p_forward": None,
+            "p_backward": None,
+        }
+
+    # gaps 0.1, 0.2, 0.3, 0.6, 0.6, 0.6; judge right on pairs 1, 2, 3, 4 (0-based), wrong on 0 and 5
+    results = [pt(0.55), pt(0.65), pt(0.95), pt(0.85), pt(0.75), pt(0.3)]
+    gold_first = [0.1, 0.2, 0.3, 0.6, 0.6, 0.6]  # the second pair sits on the 0.2 boundary
+    gold_second = [0.2, 0.0, 0.0, 0.0, 0.0, 0.0]
+    rep = labelling_report(results, gold_first, gold_second, mode="pointwise")
+    b = rep["gold_buckets"]
+    assert (b["0-0.2"]["n"], b["0-0.2"]["accuracy"]) == (1, 0.0)
+    assert (b["0.2-0.5"]["n"], b["0.2-0.5"]["accuracy"]) == (2, 1.0)
+    assert (b[">=0.5"]["n"], b[">=0.5"]["accuracy"]) == (3, pytest.approx(2 / 3))
+    assert rep["gold_compared_decidable"] == 5 and rep["gold_accuracy_decidable"] == pytest.approx(4 / 5)
+    # κ: p_o = 2/3, p_e = 2/3·1 + 1/3·0 -> 0; one label on both sides: undefined
+    assert b[">=0.5"]["kappa"] == pytest.approx(0.0) and b["0.2-0.5"]["kappa"] is None
+    # confidences 0.55, 0.65, 0.95, 0.85, 0.75, 0.70 -> bins 0.5-0.6: [wrong], 0.6-0.7: [right],
+    # 0.7-0.8: [right, wrong], 0.8-0.9: [right], 0.9-1.0: [right]
+    rel = {r["bin"]: (r["n"], r["agreement"]) for r in rep["reliability"]}
+    assert rel == {
+        "0.5-0.6": (1, 0.0),
+        "0.6-0.7": (1, 1.0),
+        "0.7-0.8": (2, 0.5),
+        "0.8-0.9": (1, 1.0),
+        "0.9-1.0": (1, 1.0),
+    }
+    kept = {k["min_confidence"]: (k["kept"], k["agreement"]) for k in rep["kept_vs_agreement"]}
+    assert kept[0.5] == (1.0, pytest.approx(4 / 6)) and kept[0.7] == (pytest.approx(4 / 6), 0.75)
+    assert kept[0.9] == (pytest.approx(1 / 6), 1.0)
+    text = format_report(rep)
+    assert "|Δgold| >= 0.2: accuracy=0.800" in text and "0.7-0.8: 0.500 (2)" in text
