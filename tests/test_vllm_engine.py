@@ -188,9 +188,11 @@ def test_server_command_and_environment(tmp_path):
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_SERVER_DEV_MODE"] == "1"
 
 
+@pytest.mark.timeout(120)
 def test_server_that_dies_at_start_reports_its_log(tmp_path):
-    # our own interpreter has no vllm: the child exits at once, and the error carries its log
-    spec = RolloutSpec(engine="vllm", python=sys.executable, port=0, startup_timeout_s=60)
+    # our own interpreter has no vllm: the child exits at once, and the error (not a wait for the startup
+    # timeout) carries its log
+    spec = RolloutSpec(engine="vllm", python=sys.executable, port=0, startup_timeout_s=900)
     server = VLLMServer(spec, "/models/x", "float32", None, log_path=tmp_path / "server.log")
     with pytest.raises(VLLMError, match="No module named 'vllm'"):
         server.start()

@@ -58,8 +58,8 @@ class RolloutSpec:
     """Server weights: ``auto`` (the policy's parameter dtype), ``float32``, ``bfloat16``."""
     max_model_len: int = 1024
     """Longest prompt + completion the server accepts."""
-    kv_cache_gb: float = 1.0
-    """KV-cache memory of a CPU server (``VLLM_CPU_KVCACHE_SPACE``); GPU servers: see ``extra_args``."""
+    kv_cache_gb: int = 1
+    """KV-cache GiB of a CPU server (``VLLM_CPU_KVCACHE_SPACE``, whole GiB); GPU servers: see ``extra_args``."""
     enforce_eager: bool = True
     """No torch.compile / CUDA graphs: starts in about a minute instead of several."""
     extra_args: list[str] = field(default_factory=list)
