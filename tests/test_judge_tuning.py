@@ -189,3 +189,14 @@ def test_tuning_stage_trains_once_then_is_cached(tmp_path, monkeypatch):
     )
     out = judge.judge_pairs(["p"], ["good good"], ["bad bad"])
     assert out[0]["verdict"] in ("first", "second", "tie") and (art / "DONE.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("reward", ["judge_yes", "judge_pairwise"])
+def test_direct_rlaif_rewards_use_the_tuned_judge(reward, tmp_path):
+    from hydra.utils import instantiate
+
+    from alignlab.judges.tuning import TunedJudgeSpec
+
+    cfg = compose(["algo=rloo", f"reward@algo.reward={reward}", f"paths.cache_dir={tmp_path}"])
+    r = instantiate(cfg.algo.reward)  # nothing loaded or trained yet
+    assert isinstance(r.judge.spec, TunedJudgeSpec) and r.judge.mode == "pointwise"
