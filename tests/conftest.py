@@ -16,6 +16,9 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="alignlab-hf-")
 # The bundled model cache is shared across tests (and with the user's cache when it exists), so the
 # ~20 s GGUF conversion happens once per machine, not once per test.
 os.environ.setdefault("ALIGNLAB_CACHE", os.path.expanduser("~/.cache/alignlab"))
+# trainer=cpu trains in bf16 on CPUs that have it; the suite's tolerances are fp32's (tests/test_bf16.py
+# covers bf16 on its own)
+os.environ.setdefault("ALIGNLAB_CPU_PRECISION", "32-true")
 
 from pathlib import Path
 
@@ -58,6 +61,7 @@ def app_env(tmp_path: Path, **extra: str) -> dict:
         "HOME": str(tmp_path),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
+        "ALIGNLAB_CPU_PRECISION": os.environ["ALIGNLAB_CPU_PRECISION"],
         "HF_HOME": str(tmp_path / "hf"),
         "ALIGNLAB_CACHE": str(tmp_path / "cache"),
         **extra,

@@ -43,13 +43,23 @@ def _resource(name: str) -> str:
 
 
 def _cache_dir() -> str:
-    from alignlab.models.bundled import default_cache_dir
+    # alignlab.models.bundled.default_cache_dir (tests/test_user_errors.py checks they agree), without
+    # importing torch: resolving a path stays cheap, so a bad setting fails in seconds
+    return str(Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab")).expanduser())
 
-    return str(default_cache_dir())
+
+def _cpu_precision() -> str:
+    from alignlab.utils.precision import cpu_precision
+
+    return cpu_precision()
 
 
 def register_resolvers() -> None:
-    for name, fn in (("resource", _resource), ("alignlab_cache", _cache_dir)):
+    for name, fn in (
+        ("resource", _resource),
+        ("alignlab_cache", _cache_dir),
+        ("cpu_precision", _cpu_precision),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -1,0 +1,55 @@
+"""Which float precision a CPU run trains and samples in: bf16 where the CPU computes it natively."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+from alignlab.utils.runtime import get_logger
+
+log = get_logger(__name__)
+
+# x86 flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles)
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (empty where there is no ``/proc/cpuinfo``)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), and torch's CPU kernels use it."""
+    import torch
+
+    flags = cpu_flags() if flags is None else flags
+    if not any(f in flags for f in _BF16_FLAGS):
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
+
+
+@functools.cache
+def cpu_precision() -> str:
+    """``bf16-mixed`` on a CPU with native bf16, else ``32-true`` (said once in the log): the value of
+    ``trainer=cpu``'s ``precision`` (the ``${cpu_precision:}`` resolver). ``$ALIGNLAB_CPU_PRECISION``
+    overrides the detection (the test suite pins ``32-true``)."""
+    forced = os.environ.get("ALIGNLAB_CPU_PRECISION")
+    if forced:
+        return forced
+    if cpu_has_bf16():
+        return "bf16-mixed"
+    log.info(
+        "this CPU (%s) has no native bf16 (avx512_bf16 / amx_bf16): training in fp32 (trainer.precision=32-true)",
+        platform.processor() or platform.machine(),
+    )
+    return "32-true"
