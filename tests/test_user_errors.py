@@ -10,6 +10,7 @@ exit code and everything printed are what a user sees, at a fraction of a subpro
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +187,42 @@ if __name__ == "__main__":  # regenerate docs/errors.md
             lines[case.id] = user_line(case, Path(d), mp)
     DOC.write_text(render(lines))
     print(f"wrote {DOC}")
+
+
+def test_cache_dir_resolver_agrees_with_the_model_cache(monkeypatch, tmp_path):
+    from alignlab.models.bundled import default_cache_dir
+    from alignlab.utils.hydra import _cache_dir
+
+    for value in (str(tmp_path / "c"), "~/somewhere"):
+        monkeypatch.setenv("ALIGNLAB_CACHE", value)
+        assert _cache_dir() == str(default_cache_dir())
+    monkeypatch.delenv("ALIGNLAB_CACHE")
+    assert _cache_dir() == str(default_cache_dir())
+
+
+def test_dead_judge_server_fails_before_torch_is_imported(tmp_path):
+    """With SmolLM2 and 64 prompts the label app would load a model and sample for minutes; a judge
+    server that is not running stops it first, before even torch is imported (seconds)."""
+    import subprocess
+
+    from conftest import app_env
+
+    code = (
+        "import sys\n"
+        "from alignlab.label import main\n"
+        f"sys.argv = ['alignlab-label', 'task=sentiment', 'model=smollm2_135m', 'n_prompts=64',\n"
+        f"            'judge=openai_compatible', 'judge.model=m', 'judge.base_url={REFUSED}',\n"
+        f"            'hydra.run.dir={tmp_path}/run']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    extra = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=app_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "exit 2 False", (proc.stdout[-1000:], proc.stderr[-2000:])
+    assert f"alignlab-label: error: judge server {REFUSED} is unreachable" in proc.stderr

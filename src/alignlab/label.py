@@ -47,6 +47,12 @@ def label(cfg: DictConfig) -> dict:
     configure_runtime()
     from hydra.utils import instantiate
 
+    check_label_config(cfg)
+    judge = instantiate(cfg.judge)
+    check_server = getattr(judge, "check_server", None)  # a judge behind a server is asked once, first:
+    if check_server is not None:  # a dead server fails in seconds, before heavy imports, model or sampling
+        check_server()
+
     from alignlab.data.tokenize import Formatter
     from alignlab.judges.base import bind_task
     from alignlab.judges.report import format_report, report_path
@@ -54,15 +60,10 @@ def label(cfg: DictConfig) -> dict:
     from alignlab.utils.config import save_resolved_config
     from alignlab.utils.io import write_json, write_rows
 
-    check_label_config(cfg)
     out = Path(str(cfg.output_path))
     save_resolved_config(cfg, out.parent)
     task = instantiate(cfg.task)
-    judge = instantiate(cfg.judge)
     bind_task(judge, task)
-    check_server = getattr(judge, "check_server", None)  # a judge behind a server: ask it once, now,
-    if check_server is not None:  # so a dead server fails in seconds, not after all the sampling
-        check_server()
 
     # 1. pairs: sampled from the policy, or read from an earlier run's samples. Finished sampling batches
     #    are journaled beside the output, so a killed run resumes there (and its judge calls are cached)
