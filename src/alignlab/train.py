@@ -22,13 +22,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     from hydra.utils import instantiate
 
     from alignlab.models.peft import apply_peft
+    from alignlab.tasks import build_task
+    from alignlab.tasks.base import resolve_task_paths
     from alignlab.utils.checks import check_train_config
     from alignlab.utils.config import save_resolved_config
     from alignlab.utils.hydra import instantiate_dict
     from alignlab.utils.io import write_json
-
-    from alignlab.tasks import build_task
-    from alignlab.tasks.base import resolve_task_paths
 
     check_train_config(cfg)
     task = build_task(cfg.task) if cfg.get("task") else None  # the run's one task object
