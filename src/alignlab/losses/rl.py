@@ -121,16 +121,22 @@ def pg_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     cliprange: float = 0.2,
+    weights: torch.Tensor | None = None,
 ) -> PGLossOutput:
     """PPO clipped surrogate (Schulman et al. 2017), per token, averaged over the mask.
 
-    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))), ratio = exp(logp - old_logp).
+    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))), ratio = exp(logp - old_logp);
+    ``weights`` (B, L), when given, multiply each token's term (truncated importance weights of rollouts
+    an inference engine sampled: min(pi_old / pi_engine, cap)) without changing the average's denominator.
     """
     logratio = logprobs - old_logprobs
     ratio = torch.exp(logratio)
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(pg_losses, pg_losses2), mask)
+    per_token = torch.maximum(pg_losses, pg_losses2)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    loss = masked_mean(per_token, mask)
     clipfrac = masked_mean((pg_losses2 > pg_losses).to(logprobs.dtype), mask)
     approx_kl = 0.5 * masked_mean(logratio.detach() ** 2, mask)
     return PGLossOutput(loss, clipfrac.detach(), approx_kl, masked_mean(ratio.detach(), mask))

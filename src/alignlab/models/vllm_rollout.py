@@ -197,6 +197,13 @@ def to_generation(prompt_ids: list[list[int]], choices: list[dict], tokenizer) -
     return EngineGeneration(prompt_ids, completion, mask, stopped, texts, engine_logprobs=logprobs)
 
 
+def build_engine(spec: RolloutSpec | None) -> VLLMRolloutEngine | None:
+    """The engine ``algo.rollout`` asks for: None for ``hf`` (in-process ``generate``) or no spec."""
+    if spec is None or spec.engine == "hf":
+        return None
+    return VLLMRolloutEngine(spec)
+
+
 # -- 3. engine / trainer mismatch ----------------------------------------------------------------------
 def logprob_gap(engine_logprobs: torch.Tensor, logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |log pi_engine - log pi_trainer| over the completion tokens (mask (B, L))."""
@@ -211,3 +218,22 @@ def truncated_importance_weights(
     from the engine's distribution, the gradient is the trainer's (truncated IS, Yao et al. 2025)."""
     ratio = torch.exp((logprobs.detach() - engine_logprobs.to(logprobs)).clamp(max=20.0))
     return ratio.clamp(max=cap) * mask.to(logprobs.dtype)
+
+
+def engine_correction(rollout, tis_cap: float | None) -> dict[str, torch.Tensor]:
+    """For a rollout batch an engine sampled (``rollout.engine_logprobs`` set) whose pi_old the trainer
+    recomputed (``rollout.logprobs``): set ``rollout.is_weights`` (truncated IS, None with ``tis_cap``
+    None) and return the metrics to log: ``rollout/engine_logp_gap`` (mean |delta log-prob| per token),
+    ``rollout/is_weight_mean`` and ``rollout/is_weight_capped_frac``. Nothing for in-process rollouts."""
+    if getattr(rollout, "engine_logprobs", None) is None or rollout.logprobs is None:
+        return {}
+    mask = rollout.response_mask
+    engine = rollout.engine_logprobs.to(rollout.logprobs.device)
+    metrics = {"rollout/engine_logp_gap": logprob_gap(engine, rollout.logprobs, mask)}
+    if tis_cap is not None:
+        w = truncated_importance_weights(rollout.logprobs, engine, mask, tis_cap)
+        rollout.is_weights = w
+        n = mask.sum().clamp(min=1)
+        metrics["rollout/is_weight_mean"] = w.sum() / n
+        metrics["rollout/is_weight_capped_frac"] = ((w >= tis_cap) & (mask > 0)).sum() / n
+    return metrics

@@ -47,6 +47,8 @@ class Rollout:
     logprobs: torch.Tensor | None  # (B, L) under the rollout policy (None until a fused forward sets it)
     ref_logprobs: torch.Tensor  # (B, L) under the reference
     kl: torch.Tensor | None  # (B, L) per-token KL estimate, 0 on padding (set with ``logprobs``)
+    engine_logprobs: torch.Tensor | None = None  # (B, L) the sampling engine's (vLLM), None in-process
+    is_weights: torch.Tensor | None = None  # (B, L) truncated IS weights pi_trainer / pi_engine, or None
 
     @property
     def lengths(self) -> torch.Tensor:

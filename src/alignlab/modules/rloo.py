@@ -110,7 +110,9 @@ class RLOOModule(OnlineRLModule):
         for sl in chunks:
             if not self.fused_forward:
                 logits, logprobs = self.policy_logprobs(r, sl)
-            loss = reinforce_loss(logprobs, adv[sl], mask[sl]) * (logprobs.shape[0] / n)
+            # engine rollouts: each token weighted by min(pi_trainer / pi_engine, cap) (truncated IS)
+            weights = mask[sl] if r.is_weights is None else r.is_weights[sl]
+            loss = reinforce_loss(logprobs, adv[sl], weights) * (logprobs.shape[0] / n)
             self.manual_backward(loss)
             entropy.append(self.entropy(logits, mask[sl]))
             del logits

@@ -16,6 +16,8 @@ from alignlab.models.generation import SamplingConfig, left_pad, sample
 from alignlab.models.loader import has_dropout
 from alignlab.models.logprobs import entropy_from_logits
 from alignlab.models.reference import ReferenceModel
+from alignlab.models.vllm_engine import RolloutSpec
+from alignlab.models.vllm_rollout import build_engine, engine_correction
 from alignlab.modules.base import PolicyModule
 from alignlab.modules.rl_state import KLController, Rollout
 from alignlab.rewards.base import NormalizedReward, RewardFunction
@@ -53,6 +55,7 @@ class OnlineRLModule(PolicyModule):
         lean_lora_sampling: bool = True,
         log_samples_every: int = 10,
         num_log_samples: int = 8,
+        rollout: RolloutSpec | None = None,
     ):
         """
         Args:
@@ -92,6 +95,10 @@ class OnlineRLModule(PolicyModule):
                 extra memory; ``alignlab.models.peft.lean_adapter``); false samples through peft.
             log_samples_every: write a samples table every this many rollout batches (0 = never).
             num_log_samples: rows per samples table.
+            rollout: the rollout engine (``algo.rollout``): ``engine=hf`` samples here with ``generate``,
+                ``engine=vllm`` through a vLLM server (``alignlab.models.vllm_rollout``: the policy synced to
+                it before each batch, its log-probs compared with the trainer's and corrected by truncated
+                importance weights up to ``tis_cap``); None = hf. Validation always samples here.
         """
         super().__init__(policy, tokenizer, optimizer, scheduler)
         if reward is None:
@@ -129,6 +136,8 @@ class OnlineRLModule(PolicyModule):
         # pi_ref: under LoRA the adapter switched off, under full fine-tuning a frozen copy
         self.ref_model = ReferenceModel.of(policy)
         self.iteration = 0  # rollout batches done (trainer.global_step counts optimiser updates)
+        self.rollout_engine = build_engine(rollout)  # None: in-process generate
+        self.tis_cap = rollout.tis_cap if self.rollout_engine is not None else None
 
     samples_per_prompt = 1  # RLOO: k consecutive rollout rows share a prompt
     clips_own_gradients = True  # manual optimisation: algo.max_grad_norm, never trainer.gradient_clip_val
@@ -155,15 +164,21 @@ class OnlineRLModule(PolicyModule):
         caller computes them in its gradient forward and hands them to ``set_policy_logprobs``.
         """
         self.reward_fn.to(self.device)
-        # 1. sample completions (batched, KV cache, no gradient)
-        gen = sample(
-            self.policy,
-            self.tokenizer,
-            prompt_ids,
-            self.sampling,
-            lean_lora=self.lean_lora_sampling,
-            group=self.rollout_group,
-        )
+        # 1. sample completions (batched, KV cache, no gradient), here or on the engine's server (synced
+        # to this policy version first: a LoRA adapter hot-loaded, or full weights reloaded)
+        if self.rollout_engine is not None:
+            gen = self.rollout_engine.sample(
+                self.policy, self.tokenizer, prompt_ids, self.sampling, self.global_step, self.rollout_group
+            )
+        else:
+            gen = sample(
+                self.policy,
+                self.tokenizer,
+                prompt_ids,
+                self.sampling,
+                lean_lora=self.lean_lora_sampling,
+                group=self.rollout_group,
+            )
         ctx_ids, ctx_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, self.device)
         responses = gen.completion_ids.to(self.device)
         response_mask = gen.completion_mask.to(self.device).float()  # (B, L)
@@ -201,7 +216,7 @@ class OnlineRLModule(PolicyModule):
         self.policy.train()
         if logprobs is not None:
             kl = kl_estimate(logprobs, ref_logprobs, self.kl_estimator) * response_mask
-        return Rollout(
+        r = Rollout(
             prompts,
             gen.texts,
             qr,
@@ -215,7 +230,28 @@ class OnlineRLModule(PolicyModule):
             logprobs,
             ref_logprobs,
             kl,
+            engine_logprobs=getattr(gen, "engine_logprobs", None),
         )
+        self.correct_engine_mismatch(r)
+        return r
+
+    def correct_engine_mismatch(self, r: Rollout) -> None:
+        """Engine rollouts, once the trainer's pi_old is known: the engine/trainer log-prob gap logged,
+        truncated importance weights set (``engine_correction``). Nothing for in-process rollouts."""
+        for name, value in engine_correction(r, self.tis_cap).items():
+            self.log(name, value, batch_size=len(r.prompts), sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        if self.rollout_engine is not None and self.trainer.world_size > 1:
+            raise ValueError(
+                "algo.rollout.engine=vllm samples from one server for one training process: use one device "
+                "(trainer.devices=1), or algo.rollout.engine=hf for multi-process training"
+            )
+
+    def teardown(self, stage: str) -> None:
+        """Stop the vLLM server this run started (one given by ``algo.rollout.base_url`` keeps running)."""
+        if self.rollout_engine is not None:
+            self.rollout_engine.close()
 
     def across_ranks(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (N, ...) from every rank, concatenated (``x`` itself in one process). What steers training
@@ -236,6 +272,7 @@ class OnlineRLModule(PolicyModule):
         before the update they are the rollout policy's) and the per-token KL they give."""
         r.logprobs = logprobs.detach() * r.response_mask
         r.kl = kl_estimate(r.logprobs, r.ref_logprobs, self.kl_estimator) * r.response_mask
+        self.correct_engine_mismatch(r)
 
     def optimizer_update(self, loss: torch.Tensor | None = None) -> torch.Tensor | None:
         """(Backward,) clip, step, zero; the scheduler steps once per update. Returns the grad norm."""
