@@ -33,7 +33,7 @@ class LoraSpec:
     dropout: float = 0.0
     """Dropout on the adapter input."""
     target_modules: list[str] | None = field(default=None)
-    """Module names to adapt; None picks the defaults for the architecture."""
+    """Module names to adapt; None picks the defaults for the architecture (peft's "all-linear" when it has none)."""
 
 
 def apply_peft(model, spec: LoraSpec | None):
@@ -46,11 +46,8 @@ def apply_peft(model, spec: LoraSpec | None):
         return model
     mtype = getattr(model.config, "model_type", "")
     targets = list(spec.target_modules) if spec.target_modules else DEFAULT_TARGETS.get(mtype)
-    if not targets:
-        raise ValueError(
-            f"no default LoRA targets for model_type={mtype!r}; set peft.target_modules=[...] "
-            "to the names of its linear layers"
-        )
+    # an architecture without a default (gemma2/3, phi, mixtral, ...): every linear layer but the output
+    targets = targets or "all-linear"
     cfg = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
