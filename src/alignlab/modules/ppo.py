@@ -180,7 +180,8 @@ class PPOModule(OnlineRLModule):
                     logprobs, vpred, logits = self.forward_policy_value(
                         mb["query_responses"], mb["attention_mask"], r.context_length, mb["responses"]
                     )
-                pg = pg_loss(logprobs, mb["logprobs"], advantages[idx], mb_mask, self.cliprange)
+                is_weights = None if r.is_weights is None else r.is_weights[idx]  # engine rollouts (TIS)
+                pg = pg_loss(logprobs, mb["logprobs"], advantages[idx], mb_mask, self.cliprange, is_weights)
                 vl, vclip = vf_loss(vpred, values[idx], returns[idx], mb_mask, self.cliprange_value)
                 loss = pg.pg_loss + self.vf_coef * vl
                 # 8. update with gradient clipping
