@@ -31,3 +31,82 @@ def test_ece_weights_bins_by_their_counts():
     _, _, count, ece = calibration_bins(probs, targets, n_bins=10)
     assert count[0] == 3 and count[9] == 1
     assert ece.item() == pytest.approx((3 * abs(0.05 - 1 / 3) + 1 * 0.05) / 4)
+
+
+def _fit_capturing(tmp_path, experiment: str, module_cls, extra: list[str]):
+    """Train a few updates of ``experiment`` and capture each step's rollout (``r``) through the KL
+    controller hook, which every online-RL step calls with the rollout it trained on."""
+    from alignlab.train import train
+    from conftest import compose
+
+    rollouts = []
+    original = module_cls.update_kl_controller
+
+    def capture(self, r):
+        rollouts.append(r)
+        return original(self, r)
+
+    cfg = compose(
+        [f"experiment={experiment}", f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false",
+         "trainer.limit_val_batches=0", "logger=none", "callbacks=none", "algo.kl_coef=0.5",
+         "algo.optimizer.lr=0.01", *extra]
+    )  # fmt: skip
+    module_cls.update_kl_controller = capture
+    try:
+        train(cfg)
+    finally:
+        module_cls.update_kl_controller = original
+    return rollouts
+
+
+def test_ppo_kl_is_a_penalty_and_advantages_are_whitened(tmp_path, monkeypatch):
+    # mutations caught: the KL penalty turned into a bonus (sign of -kl_coef * KL in the per-token reward),
+    # and PPO without advantage whitening
+    import alignlab.modules.ppo as ppo
+
+    seen = {"rewards": [], "adv": []}
+    gae, pg = ppo.compute_gae, ppo.pg_loss
+
+    def spy_gae(rewards, values, mask, *a, **k):
+        seen["rewards"].append((rewards.detach().clone(), mask.clone()))
+        return gae(rewards, values, mask, *a, **k)
+
+    def spy_pg(logprobs, old, advantages, mask, *a, **k):
+        seen["adv"].append((advantages.detach().clone(), mask.clone()))
+        return pg(logprobs, old, advantages, mask, *a, **k)
+
+    monkeypatch.setattr(ppo, "compute_gae", spy_gae)
+    monkeypatch.setattr(ppo, "pg_loss", spy_pg)
+    rollouts = _fit_capturing(
+        tmp_path, "ppo_tiny", ppo.PPOModule,
+        ["trainer.max_steps=3", "algo.ppo_epochs=1", "algo.num_minibatches=1", "algo.whiten_rewards=false"],
+    )  # fmt: skip
+    assert len(rollouts) == 3 == len(seen["rewards"])
+    r, (rewards, mask) = rollouts[-1], seen["rewards"][-1]
+    kl = (r.kl * mask).sum(-1)
+    assert kl.abs().max() > 1e-3, "the policy moved: the KL is not zero"
+    # summed per-token reward = score - kl_coef * summed KL (a bonus would add it)
+    torch.testing.assert_close((rewards * mask).sum(-1), r.scores - 0.5 * kl, atol=1e-4, rtol=1e-4)
+    adv, amask = seen["adv"][-1]
+    mean = (adv * amask).sum() / amask.sum()
+    var = (((adv - mean) * amask) ** 2).sum() / (amask.sum() - 1)
+    assert abs(mean.item()) < 1e-4 and abs(var.sqrt().item() - 1) < 1e-2
+
+
+def test_rloo_kl_is_a_penalty(tmp_path, monkeypatch):
+    # mutation caught: RLOO's sequence reward with the KL added instead of subtracted
+    import alignlab.modules.rloo as rloo
+
+    seen = []
+    advantages = rloo.RLOOModule.advantages
+
+    def spy(self, rewards):
+        seen.append(rewards.detach().clone())
+        return advantages(self, rewards)
+
+    monkeypatch.setattr(rloo.RLOOModule, "advantages", spy)
+    rollouts = _fit_capturing(tmp_path, "rloo_tiny", rloo.RLOOModule, ["trainer.max_steps=3"])
+    r, rewards = rollouts[-1], seen[-1]
+    kl = (r.kl * r.response_mask).sum(-1)
+    assert kl.abs().max() > 1e-3
+    torch.testing.assert_close(rewards, r.scores - 0.5 * kl, atol=1e-4, rtol=1e-4)
