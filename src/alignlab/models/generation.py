@@ -33,6 +33,36 @@ class Generation:
     texts: list[str]
 
 
+# End-of-turn markers of common chat templates: ChatML (SmolLM2, Qwen), Gemma, Llama 3, Phi-3.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that closes an assistant turn in the tokenizer's chat template (Gemma's
+    ``<end_of_turn>``, ChatML's ``<|im_end|>``), else the tokenizer's EOS."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(template.values())
+    for token in END_OF_TURN_TOKENS:
+        if token in template:
+            tid = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                return tid
+    return tokenizer.eos_token_id
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a completion: the model's generation-config EOS list, the tokenizer's EOS
+    and the chat template's end of turn."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [
+        *(eos if isinstance(eos, (list, tuple)) else [eos]),
+        tokenizer.eos_token_id,
+        end_of_turn_id(tokenizer),
+    ]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists for generation: ids (B, T), attention mask (B, T)."""
     width = max(len(s) for s in seqs)
@@ -81,7 +111,8 @@ def sample(
     lean_lora: bool = False,
     group: int = 1,
 ) -> Generation:
-    """Sample one completion per prompt. Completion ids are cut at (and include) the first EOS.
+    """Sample one completion per prompt. Completion ids are cut at (and include) the first stop token
+    (``stop_token_ids``: the generation config's EOS list, EOS, the chat template's end of turn).
 
     ``lean_lora``: decode a LoRA policy with peft's wrappers swapped for minimal modules computing the
     same function (``alignlab.models.peft.lean_adapter``; faster decoding, no extra memory).
@@ -97,11 +128,12 @@ def sample(
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     greedy = cfg.temperature <= 0
+    stops = stop_token_ids(model, tokenizer)
     kwargs = dict(
         max_new_tokens=cfg.max_new_tokens,
         do_sample=not greedy,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops,
         use_cache=True,
     )
     if not greedy:
@@ -114,8 +146,7 @@ def sample(
     if was_training:
         model.train()
     completion = out[:, ids.shape[1] :]  # (B, L)
-    eos = tokenizer.eos_token_id
-    is_eos = completion == eos
+    is_eos = torch.isin(completion, torch.tensor(stops, device=completion.device))
     stopped = is_eos.any(-1)
     # keep tokens up to and including the first EOS
     first = torch.where(
