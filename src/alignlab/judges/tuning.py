@@ -145,10 +145,12 @@ def train_overrides(
     recipe: TuningRecipe, base: ModelSpec, train: Path, val: Path, run_dir: Path
 ) -> list[str]:
     """The ``alignlab.train`` command line (SFT with LoRA) that tunes the judge."""
-    from transformers import AutoConfig
+    targets = None
+    if recipe.lora_layers > 0:
+        from transformers import AutoConfig
 
-    n_layers = AutoConfig.from_pretrained(base.local_path()).num_hidden_layers
-    targets = lora_targets(n_layers, recipe.lora_layers)
+        n_layers = AutoConfig.from_pretrained(base.local_path()).num_hidden_layers
+        targets = lora_targets(n_layers, recipe.lora_layers)
     ov = [
         f"model.source={base.source}",
         f"model.name_or_path={json.dumps(base.name_or_path)}",
