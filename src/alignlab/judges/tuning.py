@@ -266,7 +266,12 @@ class TunedJudgeSpec(ModelSpec):
     def identity(self) -> str:
         from alignlab.judges.templates import text_hash
 
-        return text_hash("tuned_judge", self.base_spec().identity(), asdict(self.recipe()), self.dtype)
+        task = (
+            self.task
+            if isinstance(self.task, str)
+            else {k: v for k, v in dict(self.task).items() if k != "cache_dir"}
+        )
+        return text_hash("tuned_judge", self.base_spec().identity(), asdict(self.recipe()), self.dtype, task)
 
     def load(self):
         self.name_or_path = self.local_path()
