@@ -53,6 +53,10 @@ MATRIX = [
     Case("missing-model", "a model directory that does not exist", "train",
          "experiment=sft_tiny model=hf model.name_or_path={dir}/no-model",
          "no-model' does not exist. Give a local directory with config.json", guard="weights"),
+    Case("judge-down-train", "a judge server, giving the reward, that is not running", "train",
+         "experiment=ppo_tiny reward@algo.reward=judge_pairwise judge@algo.reward.judge=openai_compatible "
+         f"algo.reward.judge.model=m algo.reward.judge.base_url={REFUSED}",
+         f"judge server {REFUSED} is unreachable"),
     Case("output-suffix", "an output file of a type the label app cannot write", "label",
          "task=sentiment_toy model=tiny judge=gold output_path={dir}/pairs.txt",
          "must end in .jsonl or .parquet"),

@@ -37,6 +37,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # the data is read and validated before the model loads: a bad row costs seconds, not a model load
     datamodule = instantiate(cfg.data)
     datamodule.read_rows()
+    check_judge_servers(cfg.get("algo"))
     L.seed_everything(cfg.seed, workers=True)
     log.info("loading model (%s)", cfg.model.source)
     lm = instantiate(cfg.model).load()
@@ -59,6 +60,25 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         _finish_wandb(loggers)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def check_judge_servers(node) -> None:
+    """A judge behind a server anywhere in ``node`` (direct RLAIF's reward) is asked once, now, before the
+    model loads: a server that is down fails the run in seconds, naming its URL."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        if node.get("_target_") == "alignlab.judges.http.OpenAICompatibleJudge":
+            instantiate(node).check_server()
+            return
+        children = [node[k] for k in node if not OmegaConf.is_missing(node, k)]
+    elif isinstance(node, ListConfig):
+        children = list(node)
+    else:
+        return
+    for child in children:
+        check_judge_servers(child)
 
 
 def _scalars(trainer) -> dict[str, float]:
