@@ -41,10 +41,12 @@ def lora_state(module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in module.policy.named_parameters() if "lora_" in n}
 
 
-@pytest.mark.parametrize("algo", ["rloo", "ppo"])
+@pytest.mark.parametrize("algo", ["rloo", "rloo_fused", "ppo"])
 def test_training_through_the_engine_syncs_every_update(tmp_path, algo):
     lm = ModelSpec(source="tiny", dtype="float32").load()
     extra = ["algo.ppo_epochs=1", "algo.num_minibatches=1"] if algo == "ppo" else []
+    if algo == "rloo_fused":  # pi_old from the update's own forward: corrected once it is known
+        algo, extra = "rloo", ["++algo.fused_forward=true"]
     with FakeVLLM(lm.model, lm.tokenizer) as fake:
         metrics, objs = fit(tmp_path, fake.base_url, algo, extra)
         loads = [b["lora_name"] for p, b in fake.calls if p == "/v1/load_lora_adapter"]
@@ -59,18 +61,22 @@ def test_training_through_the_engine_syncs_every_update(tmp_path, algo):
     assert metrics["rollout/is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
 
 
-def test_truncated_importance_weights_scale_the_rloo_gradient(tmp_path):
+@pytest.mark.parametrize("algo", ["rloo", "ppo"])
+def test_truncated_importance_weights_scale_the_policy_gradient(tmp_path, algo):
     """The engine reports log-probs 1 nat below the trainer's: every weight exp(1) is capped at 2, so with
-    plain SGD and no clipping the first update is exactly twice the uncorrected one."""
+    plain SGD and no clipping the first update is exactly twice the uncorrected one (PPO: ratio 1 at the
+    first update, no value loss)."""
     lm = ModelSpec(source="tiny", dtype="float32").load()
     sgd = ["algo.optimizer._target_=torch.optim.SGD", "algo.optimizer.lr=0.5", "algo.max_grad_norm=null"]
     one_step = ["trainer.max_steps=1", *sgd]
+    if algo == "ppo":
+        one_step += ["algo.ppo_epochs=1", "algo.num_minibatches=1", "algo.vf_coef=0.0"]
     deltas, gaps = {}, {}
     for cap in ("null", "2.0"):
         with FakeVLLM(lm.model, lm.tokenizer, logprob_noise=-1.0) as fake:
             torch.manual_seed(0)
             metrics, objs = fit(
-                tmp_path / cap, fake.base_url, "rloo", [*one_step, f"algo.rollout.tis_cap={cap}"]
+                tmp_path / cap, fake.base_url, algo, [*one_step, f"algo.rollout.tis_cap={cap}"]
             )
         after = lora_state(objs["module"])
         # LoRA A starts random, B at zero: the first update moves B only
