@@ -75,7 +75,7 @@ class RolloutSpec:
     tis_cap: float | None = 2.0
     """Truncated importance sampling: per-token weight min(pi_trainer / pi_engine, cap); None: off."""
     seed: int = 0
-    """Server seed (each request also carries a seed drawn from torch's RNG)."""
+    """Seed of the server's sampling RNG (``--seed``)."""
 
     def __post_init__(self):
         if self.engine not in ENGINES:

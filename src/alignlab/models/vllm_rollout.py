@@ -168,8 +168,9 @@ class VLLMRolloutEngine:
         self.connect(policy, tokenizer)
         self.sync(policy, version)
         n = prompt_runs(prompt_ids, group)
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # reproducible under alignlab's seed
-        choices = self.client.complete(self.model_name, prompt_ids[::n], n, cfg, seed)
+        # no per-request seed: vLLM samples those through per-request generators (a slower path, which its
+        # CPU build fails on under chunked prefill); the server's own --seed makes a fresh run repeatable
+        choices = self.client.complete(self.model_name, prompt_ids[::n], n, cfg)
         return to_generation(prompt_ids, choices, tokenizer)
 
 
