@@ -1,8 +1,8 @@
-"""Learning-rate schedules as plain ``LambdaLR`` factories (configs reference them as partials)."""
+"""Learning-rate schedules: transformers' schedule functions behind the factories the configs name
+(``_target_: alignlab.utils.schedules.warmup_cosine``, ``_partial_: true``), so the config keys stay
+``warmup_steps`` / ``total_steps`` / ``min_ratio`` whichever implementation is underneath."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -10,18 +10,20 @@ import torch
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = 1000, min_ratio: float = 0.1
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base LR, then cosine decay to ``min_ratio`` x base LR at ``total_steps``."""
-    total_steps = max(int(total_steps), 1)
+    """Linear warm-up to the base LR (the first step already at 1/``warmup_steps`` of it, never 0),
+    then cosine decay to ``min_ratio`` x base LR at ``total_steps`` (keep it at ``trainer.max_steps``:
+    the cosine rises again after it). transformers'
+    ``get_cosine_with_min_lr_schedule_with_warmup_lr_rate``."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(warmup_steps, 1)
-        t = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+        optimizer,
+        num_warmup_steps=int(warmup_steps),
+        num_training_steps=max(int(total_steps), 1),
+        min_lr_rate=float(min_ratio),
+    )
 
 
 def constant(optimizer: torch.optim.Optimizer, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
+    """Linear warm-up as in ``warmup_cosine``, then the base LR (a cosine whose floor is 1)."""
+    return warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=warmup_steps + 1, min_ratio=1.0)
