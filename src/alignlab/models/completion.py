@@ -77,6 +77,33 @@ def completion_logprobs(
     return torch.cat(out)
 
 
+def completion_kl(
+    model,
+    ref_model,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float = 1.0,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Exact per-token KL(pi_T || pi_ref_T) (B, L) of the next-token distributions at temperature ``T``,
+    summed over the whole vocabulary, at every completion position: summed over a completion sampled
+    from pi_T it estimates the sequence-level KL without bias (chain rule), and each term is a KL (never
+    negative). ``ref_model``: the policy's ``ReferenceModel``; ``chunk``: sequences per forward."""
+    import torch.nn.functional as F
+
+    chunk = chunk or query_responses.shape[0]
+    out = []
+    for i in range(0, query_responses.shape[0], chunk):
+        rows = (query_responses[i : i + chunk], attention_mask[i : i + chunk], context_length, temperature)
+        logp = F.log_softmax(forward_completion(model, *rows)[0].float(), -1)  # (b, L, V)
+        with ref_model as ref:
+            ref_logp = F.log_softmax(forward_completion(ref, *rows)[0].float(), -1)
+        out.append((logp.exp() * (logp - ref_logp)).sum(-1))  # (b, L)
+        del logp, ref_logp
+    return torch.cat(out)
+
+
 def concatenated_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack chosen over rejected: input_ids, attention_mask, loss_mask, each (2B, T).
 

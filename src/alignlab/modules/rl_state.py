@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from alignlab.losses.rl import adaptive_kl_coef
+from alignlab.utils.io import write_jsonl
 
 
 # -- KL coefficient ---------------------------------------------------------------------------------------
@@ -60,3 +62,25 @@ class Rollout:
             k: getattr(self, k)[idx]
             for k in ("query_responses", "attention_mask", "responses", "response_mask", "logprobs")
         }
+
+
+def write_samples(trainer, r: Rollout, n: int) -> None:
+    """The first ``n`` rollouts of ``r`` as ``<run>/samples/rollouts_<step>.jsonl`` (+ a wandb table)."""
+    rows = [
+        {
+            "step": trainer.global_step,
+            "prompt": r.prompts[i],
+            "completion": r.completions[i],
+            "score": float(r.raw_scores[i]),
+            "kl": float(r.kl[i].sum()),
+            "stopped": bool(r.stopped[i]),
+        }
+        for i in range(min(n, len(r.prompts)))
+    ]
+    write_jsonl(
+        Path(trainer.default_root_dir) / "samples" / f"rollouts_{trainer.global_step:06d}.jsonl", rows
+    )
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            cols = list(rows[0])
+            lg.log_table(key="samples", columns=cols, data=[[row[c] for c in cols] for row in rows])

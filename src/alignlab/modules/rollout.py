@@ -6,12 +6,10 @@ completion (width L), so every per-token tensor is (B, L) and aligned with the c
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from alignlab.losses.rl import kl_estimate, masked_mean
-from alignlab.models.completion import completion_logprobs
+from alignlab.models.completion import completion_kl, completion_logprobs
 from alignlab.models.generation import SamplingConfig, left_pad, sample
 from alignlab.models.loader import has_dropout
 from alignlab.models.logprobs import entropy_from_logits
@@ -19,9 +17,8 @@ from alignlab.models.reference import ReferenceModel
 from alignlab.models.vllm_engine import RolloutSpec
 from alignlab.models.vllm_rollout import build_engine, engine_correction
 from alignlab.modules.base import PolicyModule
-from alignlab.modules.rl_state import KLController, Rollout
+from alignlab.modules.rl_state import KLController, Rollout, write_samples
 from alignlab.rewards.base import NormalizedReward, RewardFunction
-from alignlab.utils.io import write_jsonl
 from alignlab.utils.rng import rng_state, set_rng_state
 
 
@@ -70,7 +67,8 @@ class OnlineRLModule(PolicyModule):
             temperature: sampling temperature of the rollouts (log-probs use the same temperature).
             top_p: nucleus mass of the rollouts.
             top_k: top-k of the rollouts (0 = off).
-            val_temperature: validation sampling temperature (0 = greedy).
+            val_temperature: validation sampling temperature (0 = greedy); ``val/kl`` is the exact
+                per-token KL(pi || pi_ref) at this temperature (1 when greedy), summed per completion.
             kl_coef: weight of the KL penalty (the initial value when adaptive).
             kl_target: target KL per sequence for the adaptive controller (Ziegler et al. 2019); None = fixed.
             kl_horizon: horizon (in samples) of the adaptive controller.
@@ -321,25 +319,7 @@ class OnlineRLModule(PolicyModule):
             return
         if not trainer.is_global_zero:
             return
-        n = min(self.num_log_samples, len(r.prompts))
-        rows = [
-            {
-                "step": trainer.global_step,
-                "prompt": r.prompts[i],
-                "completion": r.completions[i],
-                "score": float(r.raw_scores[i]),
-                "kl": float(r.kl[i].sum()),
-                "stopped": bool(r.stopped[i]),
-            }
-            for i in range(n)
-        ]
-        write_jsonl(
-            Path(trainer.default_root_dir) / "samples" / f"rollouts_{trainer.global_step:06d}.jsonl", rows
-        )
-        for lg in trainer.loggers:
-            if type(lg).__name__ == "WandbLogger":
-                cols = list(rows[0])
-                lg.log_table(key="samples", columns=cols, data=[[row[c] for c in cols] for row in rows])
+        write_samples(trainer, r, self.num_log_samples)
 
     # -- validation: mean score (and any extra rewards) of samples on held-out prompts ----------------
     def on_validation_epoch_start(self) -> None:
@@ -363,9 +343,13 @@ class OnlineRLModule(PolicyModule):
             torch.cat([ctx_ids, gen.completion_ids.to(self.device)], 1),
             torch.cat([ctx_mask, cmask], 1),
         )
-        logp = completion_logprobs(self.policy, qr, attn, ctx_ids.shape[1], 1.0, self.forward_batch_size)
-        ref = self.reference_logprobs(qr, attn, ctx_ids.shape[1], 1.0)
-        self._val["kl"].append(((logp - ref) * cmask).sum(-1).cpu())
+        # KL(pi || pi_ref) of the distribution the completions were sampled from (val_temperature; 1 when
+        # greedy), exact per token over the vocabulary, summed over each completion
+        temperature = self.val_sampling.temperature or 1.0
+        kl = completion_kl(
+            self.policy, self.ref_model, qr, attn, ctx_ids.shape[1], temperature, self.forward_batch_size
+        )
+        self._val["kl"].append((kl * cmask).sum(-1).cpu())
         self._val["score"].append(self.reward_fn.reward(batch["prompt"], gen.texts).float().cpu())
         self._val["length"].append(cmask.sum(-1).float().cpu())
         for name, fn in self.val_rewards.items():
