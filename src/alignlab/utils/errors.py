@@ -52,7 +52,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[...
     """
     import hydra
 
-    from alignlab.utils.hydra import CONF_PATH
+    from alignlab.utils.hydra import CONF_PATH, check_types
 
     prog = f"alignlab-{config_name}"
 
@@ -63,6 +63,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[...
         def task(cfg):
             entered[0] = True
             try:
+                check_types(cfg)  # algo.beta=abc fails here, before any model loads
                 return fn(cfg)
             except UserError as e:
                 if full_error():

@@ -1,13 +1,18 @@
-"""Hydra glue: where conf/ lives, custom resolvers, instantiating lists of callbacks and loggers."""
+"""Hydra glue: where conf/ lives, custom resolvers, instantiating lists of callbacks and loggers, and
+checking config values against the typed signatures of their ``_target_``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf, StringNode, ValueNode
 
+_NODES = {int: IntegerNode, float: FloatNode, bool: BooleanNode, str: StringNode}
+_ARTICLE = {int: "an", float: "a", bool: "a", str: "a"}
 CONF_PACKAGE = "alignlab.conf"  # the configs inside an installed alignlab (setup.py maps conf/ to it)
 
 
@@ -72,3 +77,76 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
     if not cfg:
         return []
     return [instantiate(v) for v in cfg.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+# -- typed config: values checked against the typed signatures of their _target_ --------------------
+def _scalar_type(annotation: Any) -> tuple[type | None, bool]:
+    """(int|float|bool|str or None, whether None is allowed) for an annotation; (None, _) = unchecked."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return (args[0] if args[0] in _NODES else None), True
+    return (annotation if annotation in _NODES else None), False
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    """Annotated parameters of a function or a class's ``__init__``, with those of its base classes'
+    (a subclass passes ``**kwargs`` on); the subclass wins."""
+    fns = [c.__init__ for c in reversed(target.__mro__)] if isinstance(target, type) else [target]
+    hints: dict[str, Any] = {}
+    for fn in fns:
+        try:
+            hints.update(get_type_hints(fn))
+        except Exception:  # unresolvable annotations (third-party code): nothing to check there
+            continue
+    hints.pop("return", None)
+    return hints
+
+
+def type_errors(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every value of a node with a ``_target_`` (model, peft, algo, data, their nested specs) that its
+    target's typed signature or dataclass fields cannot take, as ``key=value: expected type`` lines.
+    Interpolations are resolved first; keys the target does not annotate are not checked."""
+    from hydra.utils import get_object
+    from omegaconf.errors import ValidationError
+
+    errors: list[str] = []
+    target_name = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
+    hints: dict[str, Any] = {}
+    if isinstance(target_name, str):
+        try:
+            hints = _hints(get_object(target_name))
+        except Exception:  # an unimportable target fails with its own error at instantiation
+            hints = {}
+    for key in cfg:
+        key = str(key)
+        if key.startswith("_"):
+            continue
+        node = cfg._get_node(key)
+        full = f"{prefix}{key}"
+        if isinstance(node, DictConfig):
+            errors += type_errors(node, full + ".")
+            continue
+        if key not in hints or OmegaConf.is_missing(cfg, key) or not isinstance(node, ValueNode):
+            continue
+        kind, optional = _scalar_type(hints[key])
+        try:
+            value = cfg[key]
+        except Exception:  # an interpolation that cannot resolve here (``${hydra:...}``)
+            continue
+        if kind is None or (value is None and optional):
+            continue
+        try:
+            _NODES[kind](value=value, is_optional=False)
+        except ValidationError:
+            owner = target_name.rsplit(".", 1)[-1]
+            errors.append(f"{full}={value!r} is not {_ARTICLE[kind]} {kind.__name__} ({owner}.{key})")
+    return errors
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Raise a ``ConfigError`` naming every mistyped key (``algo.beta=abc``) before anything loads."""
+    errors = type_errors(cfg)
+    if errors:
+        from alignlab.utils.config import ConfigError
+
+        raise ConfigError(f"{'; '.join(errors)}: fix the value on the command line or in the config")
