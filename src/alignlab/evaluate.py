@@ -160,7 +160,10 @@ def evaluate_policy(
     elapsed = 0.0
     # 1. sample and measure the KL, batch by batch (each batch seeded on its own: journaled batches are
     #    exactly what a rerun would sample)
-    for b in range(0, len(prompts), batch_size):
+    from tqdm import tqdm
+
+    starts = range(0, len(prompts), batch_size)
+    for b in tqdm(starts, desc="evaluation sampling", unit="batch", disable=None):  # bar on a terminal
         ids = prompt_ids[b : b + batch_size]
         if b not in journal.done:
             start = time.perf_counter()

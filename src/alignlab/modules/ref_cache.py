@@ -108,7 +108,9 @@ def compute_ref_table(
     the results by ``batch["index"]`` into (size,) tables; rows never seen stay NaN."""
     chosen = torch.full((size,), float("nan"), dtype=torch.float32)
     rejected = torch.full((size,), float("nan"), dtype=torch.float32)
-    for batch in batches:
+    from tqdm import tqdm
+
+    for batch in tqdm(batches, desc="reference log-probs", unit="batch", disable=None):  # bar on a terminal
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logps, _ = ref_logps_fn(batch)
         n = batch["chosen_input_ids"].shape[0]
