@@ -3,7 +3,10 @@
     python scripts/bench.py --size tiny                 # CI-sized, a minute or two on a CPU
     python scripts/bench.py --size smollm2 --repeats 2  # the real case (bundled SmolLM2-135M)
     python scripts/bench.py --size smollm2 --scaling    # step time vs batch / length, FLOP/s vs roofline
+    python scripts/bench.py --size smollm2 --precision bf16  # both sides in bf16 mixed precision
 
+Both frameworks run in one precision (``--precision``: fp32, or bf16 autocast: alignlab's
+``trainer.precision=bf16-mixed``, TRL's ``bf16=True``); bf16 rows are keyed ``<case>/<size>@bf16``.
 Each (case, framework) runs in its own process (this script with ``--worker``), alternating A B, B A, ...
 after ``--warmup-runs`` discarded rounds; every process has the same thread count (OMP_NUM_THREADS).
 Results merge into ``bench/results.json`` (replacing rows of the same size) and ``bench/results.md``.
@@ -179,9 +182,9 @@ def write_data(work: Path, size: str, n_pairs: int = 64, seed: int = 0) -> dict:
     return {k: str(v) for k, v in paths.items()}
 
 
-def case_settings(case: str, size: str, paths: dict, seed: int = 0) -> dict:
+def case_settings(case: str, size: str, paths: dict, seed: int = 0, precision: str = "fp32") -> dict:
     cfg = SIZES[size]
-    base = {"size": size, "seed": seed, "data": paths["data"]}
+    base = {"size": size, "seed": seed, "data": paths["data"], "precision": precision}
     if case == "rl":
         return {**base, **cfg["rl"], "prompts": paths["prompts"], "eval_prompts": paths["eval_prompts"]}
     keys = ("batch_size", "max_length", "max_prompt_length", "steps", "warmup_steps", "lr", "beta")
@@ -224,10 +227,17 @@ def spawn(case: str, framework: str, settings: dict, timeout: float) -> dict:
 
 
 def run_case(
-    case: str, size: str, paths: dict, repeats: int, warmup_runs: int, timeout: float, log=print
+    case: str,
+    size: str,
+    paths: dict,
+    repeats: int,
+    warmup_runs: int,
+    timeout: float,
+    log=print,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Alternate the frameworks' processes; returns one result row per metric."""
-    settings = case_settings(case, size, paths)
+    settings = case_settings(case, size, paths, precision=precision)
     frameworks = FRAMEWORKS[case]
     runs: dict[str, list[dict]] = {f: [] for f in frameworks}
     for i in range(warmup_runs + repeats):
@@ -270,11 +280,14 @@ def summarise(case: str, size: str, settings: dict, runs: dict[str, list[dict]])
     trl = next(f for f in runs if f.startswith("trl"))
     for fw in [f for f in runs if f.startswith("alignlab")]:
         name = CASE_NAMES[case] + ("" if fw == "alignlab" else f"_{fw.split('-', 1)[1]}")
+        precision = settings.get("precision", "fp32")
+        label = size if precision == "fp32" else f"{size}@{precision}"
         for metric, higher, kind in METRICS[case]:
             a = [r[metric] for r in runs[fw]]
             b = [r[metric] for r in runs[trl]]
             row = {
-                "case": f"{name}/{size}",
+                "case": f"{name}/{label}",
+                "precision": precision,
                 "metric": metric,
                 "higher_is_better": higher,
                 "trl_framework": trl,
@@ -353,8 +366,8 @@ def markdown(doc: dict) -> str:
         )
     lines += [
         "",
-        "| case | metric | alignlab | TRL | alignlab/TRL [min, max] or difference |",
-        "|---|---|---|---|---|",
+        "| case | precision | metric | alignlab | TRL | alignlab/TRL [min, max] or difference |",
+        "|---|---|---|---|---|---|",
     ]
     for r in doc["cases"]:
         better = "higher" if r["higher_is_better"] else "lower"
@@ -368,7 +381,8 @@ def markdown(doc: dict) -> str:
             metric = f"final reward [{r['settings']['reward']}{before}]"
         se = {k: f" ± {r[f'{k}_se']:.2f}" if f"{k}_se" in r else "" for k in ("alignlab", "trl")}
         lines.append(
-            f"| {r['case']} | {metric} ({better} is better) | {fmt(r['alignlab'])}{se['alignlab']} | "
+            f"| {r['case']} | {r.get('precision', 'fp32')} | {metric} ({better} is better) | "
+            f"{fmt(r['alignlab'])}{se['alignlab']} | "
             f"{fmt(r['trl'])}{se['trl']} | {cmp} |"
         )
     if doc.get("scaling"):
@@ -425,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
     p.add_argument("--scaling", action="store_true", help="run the scaling study instead of the A/B cases")
     p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="both frameworks' training precision"
+    )
+    p.add_argument(
         "--worker", nargs=4, metavar=("CASE", "FRAMEWORK", "SETTINGS", "RESULT"), help=argparse.SUPPRESS
     )
     args = p.parse_args(argv)
@@ -461,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"[bench] {case} on {args.size}: {args.warmup_runs} warm-up + {args.repeats} A/B rounds",
                 flush=True,
             )
-            rows += run_case(case, args.size, paths, args.repeats, args.warmup_runs, args.timeout)
+            rows += run_case(
+                case, args.size, paths, args.repeats, args.warmup_runs, args.timeout, precision=args.precision
+            )
     meta = {
         "command": command,
         "machine": machine(),

@@ -58,7 +58,17 @@ def test_summarise_merge_and_markdown(tmp_path):
     again = bench.merge(path, "tiny", rows[:1], meta, None)  # a rerun replaces that case's rows only
     assert [r["case"] for r in again["cases"]] == ["reward_model/tiny", "dpo_lora/tiny"]
     table = (tmp_path / "results.md").read_text()
-    assert "| dpo_lora/tiny | pairs_per_s (higher is better) | 5 | 3 | 1.75x [1.50, 2.00] |" in table
+    assert "| dpo_lora/tiny | fp32 | pairs_per_s (higher is better) | 5 | 3 | 1.75x [1.50, 2.00] |" in table
+    # a bf16 run is its own case (it does not replace the fp32 rows) and says its precision
+    bf16 = bench.summarise("dpo", "tiny", {"batch_size": 8, "precision": "bf16"}, runs)
+    both = bench.merge(path, "tiny", bf16, meta, None)
+    assert {(r["case"], r.get("precision")) for r in both["cases"] if r["metric"] == "pairs_per_s"} == {
+        ("dpo_lora/tiny", "fp32"),
+        ("dpo_lora/tiny@bf16", "bf16"),
+        ("reward_model/tiny", "fp32"),
+    }
+    bench.write_outputs(tmp_path, both)
+    assert "| dpo_lora/tiny@bf16 | bf16 | pairs_per_s" in (tmp_path / "results.md").read_text()
 
 
 def test_one_tiny_round_end_to_end(tmp_path, monkeypatch):
