@@ -38,7 +38,7 @@ def installed(tmp_path_factory) -> Path:
     src = root / "src"
     _copy_checkout(src)
     wheels = root / "wheels"
-    pip_wheel = "-m pip wheel --quiet --no-deps --no-build-isolation --no-index -w".split()
+    pip_wheel = ["-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "-w"]
     subprocess.run([sys.executable, *pip_wheel, str(wheels), str(src)], check=True, cwd=root)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -34,4 +34,3 @@ def test_warmup_cosine_values():
 
 def test_constant_after_warmup():
     assert _lrs(lambda o: constant(o, warmup_steps=2), 6) == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0, 2.0])
-
