@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alignlab.models import LoraSpec, ModelSpec
+from alignlab.models.completion import completion_logprobs
 from alignlab.models.generation import SamplingConfig
 from alignlab.models.peft import apply_peft
 from alignlab.models.vllm_engine import RolloutSpec, VLLMError, VLLMServer
@@ -18,7 +19,6 @@ from alignlab.models.vllm_rollout import (
     prompt_runs,
     truncated_importance_weights,
 )
-from alignlab.modules.rollout import completion_logprobs
 from fake_vllm import FakeVLLM
 
 CFG = SamplingConfig(max_new_tokens=12, temperature=0.9)
