@@ -150,7 +150,8 @@ def write_section(results_md: Path, result: dict) -> None:
         f"{r['hf']:.1f} | {r['ratio']:.2f}x [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] |",
         "",
         f"Engine/trainer log-prob gap (mean |log pi_vLLM - log pi_trainer| per completion token, "
-        f"{r['dtype']}): {r['logp_gap']:.2e}.",
+        f"{r['dtype']}): {r['logp_gap']:.2e}. Adapter save + hot-load: {r['sync_seconds']:.1f} s over "
+        f"{r['syncs']} syncs (in the vLLM rates above).",
     ]
     results_md.write_text((head + "\n\n" if head else "") + "\n".join(section) + "\n")
 
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_runs": rates["vllm"],
         "hf_runs": rates["hf"],
         "logp_gap": statistics.mean(gap) if gap else float("nan"),
+        # adapter save + hot-load, all syncs (the first one included), and how many
+        "sync_seconds": objects["module"].rollout_engine.sync_seconds,
+        "syncs": objects["module"].rollout_engine.syncs,
         "dtype": str(next(objects["module"].policy.parameters()).dtype).removeprefix("torch."),
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")

@@ -35,6 +35,7 @@ def test_bench_alternates_engines_in_one_rloo_run(tmp_path):
     assert result["ratio"] == statistics.median(ratios)
     assert result["ratio_min"] == min(ratios) and result["ratio_max"] == max(ratios)
     assert 0 <= result["logp_gap"] < 1e-4  # logged by the run on its vLLM batches
+    assert result["syncs"] == 3 and result["sync_seconds"] > 0
     text = results_md.read_text()
     assert text.startswith("# results\n\n| a | b |") and "old section" not in text
     assert text.count("## vLLM rollout engine") == 1 and "rloo_rollout/tiny 2x2x4" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class VLLMRolloutEngine:
         self._tmp: str | None = None
         self.sync_dir = Path(spec.sync_dir) if spec.sync_dir else None
         self.syncs = 0
+        self.sync_seconds = 0.0  # time spent saving and loading adapters / weights
 
     # -- server ------------------------------------------------------------------------------------------
     def connect(self, policy, tokenizer) -> VLLMClient:
@@ -132,6 +134,7 @@ class VLLMRolloutEngine:
         reload the full weights in place. Nothing moves when the version has not changed."""
         if version == self.version:
             return
+        start = time.perf_counter()
         client = self.client
         if is_peft(policy):
             name = f"{self.spec.served_model_name}-lora-{version}"
@@ -150,6 +153,7 @@ class VLLMRolloutEngine:
             client.reload_weights(str(path))
         self.version = version
         self.syncs += 1
+        self.sync_seconds += time.perf_counter() - start
 
     # -- 2. sampling -------------------------------------------------------------------------------------
     def sample(
