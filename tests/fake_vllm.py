@@ -25,6 +25,7 @@ class FakeVLLM:
         self.adapters: dict[str, object] = {}  # name -> peft model
         self.calls: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
+        self.rng = torch.Generator().manual_seed(0)  # the server's own RNG, as vLLM's --seed
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -72,7 +73,8 @@ class FakeVLLM:
     @torch.no_grad()
     def complete(self, body: dict) -> dict:
         model = self.model if body["model"] == self.name else self.adapters[body["model"]]
-        gen = torch.Generator().manual_seed(int(body.get("seed") or 0))
+        seed = body.get("seed")
+        gen = self.rng if seed is None else torch.Generator().manual_seed(int(seed))
         eos, temp = self.tokenizer.eos_token_id, float(body["temperature"])
         choices = []
         for prompt in body["prompt"]:

@@ -99,3 +99,41 @@ def test_weighted_ppo_surrogate_closed_form():
     w = torch.tensor([[2.0, 0.5, 7.0]])
     weighted = pg_loss(logp, old, adv, mask, 0.2, weights=w)
     assert weighted.pg_loss.item() == pytest.approx(((per_token * w[0, :2]).sum() / 2).item())
+
+
+@pytest.mark.slow  # two 40-update runs: about 100 s here
+def test_rloo_learns_through_the_engine_as_it_does_in_process(tmp_path):
+    """The tiny RLOO run of test_rloo.py (full fine-tuning: the weights reloaded on the server every step)
+    raises the toy reward through the engine as it does with in-process sampling."""
+    import csv
+
+    from alignlab.train import train
+
+    def scores(run_dir) -> list[float]:
+        with open(run_dir / "csv" / "metrics.csv") as f:
+            return [float(r["objective/score"]) for r in csv.DictReader(f) if r.get("objective/score")]
+
+    over = [
+        "experiment=rloo_tiny",
+        "reward@algo.reward=char_fraction",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=40",
+        "callbacks=none",
+        "optimized_metric=null",
+        "++trainer.limit_val_batches=0",
+    ]
+    lm = ModelSpec(source="tiny", dtype="float32").load()
+    with FakeVLLM(lm.model, lm.tokenizer) as fake:
+        engine_run = [f"algo.rollout.base_url={fake.base_url}", "algo.rollout.engine=vllm"]
+        train(compose([*over, f"paths.output_dir={tmp_path / 'vllm'}", *engine_run]))
+        reloads = [p for p, _ in fake.calls if p == "/collective_rpc"]
+    train(compose([*over, f"paths.output_dir={tmp_path / 'hf'}"]))
+    assert len(reloads) == 40  # full weights to the server before every rollout batch
+    gains = {}
+    for engine in ("vllm", "hf"):
+        s = scores(tmp_path / engine)
+        assert len(s) == 40
+        gains[engine] = sum(s[-5:]) / 5 - sum(s[:5]) / 5
+    print("score gain over 40 updates (last 5 - first 5):", gains)
+    assert gains["vllm"] > 0.15 and gains["hf"] > 0.15, gains
