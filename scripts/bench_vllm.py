@@ -149,8 +149,8 @@ def write_section(results_md: Path, result: dict) -> None:
         f"{r['settings']['max_new_tokens']} | rollout_tokens_per_s (higher is better) | {r['vllm']:.1f} | "
         f"{r['hf']:.1f} | {r['ratio']:.2f}x [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] |",
         "",
-        f"Engine/trainer log-prob gap (mean |log pi_vLLM - log pi_trainer| per completion token, "
-        f"{r['dtype']}): {r['logp_gap']:.2e}. Adapter save + hot-load: {r['sync_seconds']:.1f} s over "
+        f"Engine/trainer log-prob gap (mean |log pi_vLLM - log pi_trainer| per completion token; vLLM in "
+        f"{r['server_dtype']}, the trainer's pi_old in {r['trainer_precision']}): {r['logp_gap']:.2e}. Adapter save + hot-load: {r['sync_seconds']:.1f} s over "
         f"{r['syncs']} syncs (in the vLLM rates above).",
     ]
     results_md.write_text((head + "\n\n" if head else "") + "\n".join(section) + "\n")
@@ -210,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         # adapter save + hot-load, all syncs (the first one included), and how many
         "sync_seconds": objects["module"].rollout_engine.sync_seconds,
         "syncs": objects["module"].rollout_engine.syncs,
-        "dtype": str(next(objects["module"].policy.parameters()).dtype).removeprefix("torch."),
+        "server_dtype": objects["module"].rollout_engine.dtype or "given server's",
+        "trainer_precision": str(objects["trainer"].precision),
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
         else f"CPU ({os.cpu_count()} cores)",
         "threads": torch.get_num_threads(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results_md")},
-        "command": "python scripts/bench_vllm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python scripts/bench_vllm.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

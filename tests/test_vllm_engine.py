@@ -216,3 +216,13 @@ def test_to_generation_cuts_after_the_first_eos_and_pads():
     expected = torch.tensor([[-1.0, -0.5, 0, 0], [-0.1, 0.0, -0.3, -0.4], [0, 0, 0, 0]])
     assert torch.equal(gen.engine_logprobs, expected)
     assert gen.texts[1] == tok.decode([70, 71, 72, 73], skip_special_tokens=True)
+
+
+def test_server_dtype_follows_the_trainers_compute_dtype():
+    from alignlab.models.vllm_rollout import compute_dtype
+
+    policy, _ = tiny(peft=False)
+    assert compute_dtype(policy) == "float32"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what trainer precision bf16-mixed runs under
+        assert compute_dtype(policy) == "bfloat16"
+    assert compute_dtype(policy.to(torch.bfloat16)) == "bfloat16"

@@ -55,7 +55,8 @@ class RolloutSpec:
     served_model_name: str = "alignlab-base"
     """Name of the base model on the server (a judge on the same server asks for this name)."""
     dtype: str = "auto"
-    """Server weights: ``auto`` (the policy's parameter dtype), ``float32``, ``bfloat16``."""
+    """Server weights: ``auto`` (the trainer's compute dtype: bf16 under bf16-mixed, else the weights'),
+    ``float32``, ``bfloat16``."""
     max_model_len: int = 1024
     """Longest prompt + completion the server accepts."""
     kv_cache_gb: int = 1

@@ -43,6 +43,15 @@ def model_source(policy) -> str:
     return src
 
 
+def compute_dtype(policy) -> str:
+    """The dtype the trainer computes in: autocast's (bf16-mixed) when it is on, else the weights'."""
+    param = next(policy.parameters())
+    device = param.device.type
+    if torch.is_autocast_enabled(device):
+        return str(torch.get_autocast_dtype(device)).removeprefix("torch.")
+    return str(param.dtype).removeprefix("torch.")
+
+
 def lora_rank(policy) -> int | None:
     """The active LoRA adapter's rank (None for full fine-tuning)."""
     if not is_peft(policy):
@@ -81,6 +90,7 @@ class VLLMRolloutEngine:
         self.sync_dir = Path(spec.sync_dir) if spec.sync_dir else None
         self.syncs = 0
         self.sync_seconds = 0.0  # time spent saving and loading adapters / weights
+        self.dtype: str | None = None  # the weights' dtype on a server started here
 
     # -- server ------------------------------------------------------------------------------------------
     def connect(self, policy, tokenizer) -> VLLMClient:
@@ -93,9 +103,8 @@ class VLLMRolloutEngine:
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         api_key = os.environ.get(self.spec.api_key_env) if self.spec.api_key_env else None
         if self.spec.base_url is None:
-            dtype = self.spec.dtype
-            if dtype == "auto":
-                dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
+            dtype = self.spec.dtype if self.spec.dtype != "auto" else compute_dtype(policy)
+            self.dtype = dtype
             self.server = VLLMServer(
                 self.spec, model_source(policy), dtype, lora_rank(policy), self.sync_dir / "server.log"
             )
