@@ -426,7 +426,11 @@ def write_outputs(out_dir: Path, doc: dict) -> None:
     from alignlab.utils.io import write_json, write_text
 
     write_json(out_dir / "results.json", doc)
-    write_text(out_dir / "results.md", markdown(doc))
+    md, previous = markdown(doc), out_dir / "results.md"
+    section = "\n## vLLM rollout engine"  # scripts/bench_vllm.py's section: kept across regenerations
+    if previous.exists() and section in previous.read_text():
+        md = md.rstrip("\n") + "\n" + section + previous.read_text().split(section, 1)[1]
+    write_text(out_dir / "results.md", md)
 
 
 def main(argv: list[str] | None = None) -> int:
