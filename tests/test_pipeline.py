@@ -113,8 +113,8 @@ def test_objective_penalises_kl_over_budget():
     assert objective(OmegaConf.create({"kl_budget": 2.0, "kl_penalty": 1.0}), rec) == pytest.approx(-0.5)
 
 
-def _run(args: list[str], tmp_path) -> str:
-    env = app_env(tmp_path)
+def _run(args: list[str], tmp_path, **env_vars) -> str:
+    env = {**app_env(tmp_path), **env_vars}
     proc = subprocess.run(
         [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
@@ -168,3 +168,32 @@ def test_published_results_are_found_by_a_rerun_and_only_for_the_same_job(tmp_pa
     assert published(compose([*args, "profile.dpo.trainer.max_steps=7"], "pipeline")) is None  # another job
     assert published(compose([*args[:1], "seed=2", *args[2:]], "pipeline")) is None
     assert [r["seed"] for r in find_results([pub])] == [1]  # compare reads published records
+
+
+def test_every_stage_that_runs_leaves_a_wandb_run_with_its_curves_and_config(tmp_path):
+    from alignlab.loggers import offline_runs
+
+    art = tmp_path / "artifacts"
+    env_args = ["alignlab.pipeline", "profile=tiny", "method=rlhf", f"artifacts_dir={art}",
+                f"hydra.run.dir={tmp_path}/run", "wandb.group=cmp-test", "wandb.system_metrics=false"]  # fmt: skip
+    _run(env_args, tmp_path, WANDB_MODE="offline")
+    runs = offline_runs(art)
+    kinds = sorted(r.job_type for r in runs)
+    assert kinds == ["eval", "eval_base", "labels", "policy", "reward_model", "samples"], kinds
+    assert {r.group for r in runs} == {"cmp-test"} and {r.project for r in runs} == {"alignlab"}
+    rm = next(r for r in runs if r.job_type == "reward_model")
+    assert any("train/loss" in h for h in rm.history), "the reward model's training curve"
+    assert rm.config["algo"]["_target_"].endswith("RewardModule") and "trainer" in rm.config  # full config
+    ev = next(r for r in runs if r.job_type == "eval")
+    assert ev.config["policy_path"].endswith("policy") and {"win_rate", "gold_reward"} <= set(ev.summary)
+
+
+def test_a_mistyped_sweep_value_fails_before_any_stage_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignlab.pipeline", "profile=tiny", "method=dpo", "variant.algo.beta=abc",
+         f"artifacts_dir={tmp_path}/art", f"hydra.run.dir={tmp_path}/run", "wandb.enabled=false"],
+        cwd=REPO, env=app_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "algo.beta" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "art").exists()  # no stage ran

@@ -65,7 +65,7 @@ def _run_app(app: str) -> Callable[[DictConfig], dict]:
         from alignlab.evaluate import evaluate as run
 
         rec = run(cfg)
-        return {k: v for k, v in rec.items() if k.startswith("win_rate")}
+        return {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     apps = {"sample": sample, "label": label, "train": train, "evaluate": evaluate}
     if app not in apps:
@@ -152,10 +152,11 @@ def stage_spec(cfg: DictConfig) -> dict:
 class Runner:
     """Runs stages through the artifact store and keeps the bookkeeping for ``result.json``."""
 
-    def __init__(self, store_root: Path):
+    def __init__(self, store_root: Path, wandb_stages: dict | None = None):
         from alignlab.artifacts import Store
 
         self.store = Store(store_root)
+        self.wandb_stages = wandb_stages  # project/group/name prefix: a wandb run per stage that runs
         self.stages: list[dict] = []
         self.dirs: dict[str, Path] = {}
 
@@ -174,8 +175,15 @@ class Runner:
         fn = _run_app(app)
 
         def timed(_out) -> dict:  # CPU seconds too: wall time means little beside other jobs
+            from alignlab.loggers import log_stage_run, outside_sweep_run
+
             cpu = time.process_time()
-            info = dict(fn(cfg) or {})
+            with outside_sweep_run():  # a stage's wandb run is its own, not a wandb agent's sweep run
+                info = dict(fn(cfg) or {})
+                if self.wandb_stages and app != "train":  # train stages log through their Lightning logger
+                    w = self.wandb_stages
+                    log_stage_run(out, OmegaConf.to_container(cfg, resolve=True), info, project=w["project"],
+                                  group=w["group"], job_type=name, name=f"{w['prefix']}-{name}")  # fmt: skip
             return {**info, "cpu_s": round(time.process_time() - cpu, 1)}
 
         path, rec, cached = self.store.run(kind, spec, timed)
@@ -204,6 +212,16 @@ def stage_list(cfg: DictConfig) -> list[tuple[str, dict]]:
             f"method {cfg.method.name!r} has no `policy` stage (conf/method/{cfg.method.name}.yaml)"
         )
     stages["policy"] = {**stages["policy"], "values": {**(stages["policy"].get("values") or {}), **variant}}
+    if cfg.wandb.enabled and cfg.wandb.get("stages"):  # each training stage's curves in its own wandb run
+        for name, stage in stages.items():
+            if stage["app"] == "train":
+                wb = {"project": cfg.wandb.project, "group": cfg.wandb.group, "job_type": name,
+                      "name": f"{cfg.method.name}-{name}-s{cfg.seed}"}  # fmt: skip
+                stage["groups"] = {**(stage.get("groups") or {}), "logger": "csv_wandb"}
+                stage["values"] = {
+                    **(stage.get("values") or {}),
+                    **{f"logger.wandb.{k}": v for k, v in wb.items()},
+                }
     judge = cfg.profile.get("win_rate_judge")
     if not judge:  # no judge: the win-rate input is not read
         stages["eval"]["inputs"] = {k: v for k, v in stages["eval"]["inputs"].items() if "win_rate" not in k}
@@ -220,9 +238,24 @@ def run_pipeline(cfg: DictConfig) -> dict:
     from alignlab.utils.io import write_json
 
     start = time.perf_counter()
-    runner = Runner(Path(cfg.artifacts_dir))
+    wb = None
+    if cfg.wandb.enabled and cfg.wandb.get("stages"):
+        wb = {
+            "project": cfg.wandb.project,
+            "group": cfg.wandb.group,
+            "prefix": f"{cfg.method.name}-s{cfg.seed}",
+        }
+    runner = Runner(Path(cfg.artifacts_dir), wb)
+    stages = stage_list(cfg)
+    # every stage's config is built and type-checked before the first stage runs (a typo'd key or a
+    # mistyped value in a late stage fails now, not after an hour of earlier stages)
+    from alignlab.utils.hydra import check_types
+
+    placeholder = {name: Path(PLACEHOLDER) / name for name, _ in stages}
+    for name, stage in stages:
+        check_types(stage_config(cfg, stage, placeholder))
     configs = {}
-    for name, stage in stage_list(cfg):
+    for name, stage in stages:
         # the policy stage is stored under its budget's name (ppo, rloo, dpo): one directory kind per recipe
         kind = stage.get("budget") if name == "policy" else name
         configs[name] = stage_config(cfg, stage, runner.dirs)
@@ -239,8 +272,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
     judge_calls += sum(
         int(i.get("reward/judge_queries") or 0) + int(i.get("win_rate_pairs") or 0) for i in info
     )
-    curves = [_curve(s, configs[s["name"]]) for s in runner.stages if s["name"] in ("reward_model", "policy")]
-    examples = {k: _examples(runner.dirs[d]) for k, d in (("base", "eval_base"), ("policy", "eval"))}
+    from alignlab.pipeline_record import curve, examples_of
+
+    curves = [curve(s, configs[s["name"]]) for s in runner.stages if s["name"] in ("reward_model", "policy")]
+    examples = {k: examples_of(runner.dirs[d]) for k, d in (("base", "eval_base"), ("policy", "eval"))}
     labels = next((s["info"] for s in runner.stages if s["name"] == "labels"), {})
     record = {
         "method": cfg.method.name,
@@ -273,55 +308,13 @@ def run_pipeline(cfg: DictConfig) -> dict:
     return record
 
 
-def _curve(stage: dict, cfg: DictConfig) -> dict:
-    """A training stage's curve: its metric, panel, training samples per step, and its points (read from
-    the stage's CSV log, so a published result can redraw it)."""
-    from alignlab.compare_plots import read_curve
-
-    c = _curve_spec(stage, cfg)
-    if Path(c["csv"]).exists():
-        xs, ys = read_curve(Path(c["csv"]), c["metric"])
-        c["points"] = [[x, round(y, 5)] for x, y in zip(xs, ys)]
-    return c
-
-
-def _curve_spec(stage: dict, cfg: DictConfig) -> dict:
-    algo = cfg.algo._target_.rsplit(".", 1)[-1]
-    batch = int(cfg.data.batch_size)
-    if algo in ("RewardModule", "DPOModule"):
-        return {"stage": stage["stage"], "csv": f"{stage['dir']}/csv/metrics.csv", "metric": "train/loss",
-                "panel": f"{stage['stage']}: train/loss", "samples_per_step": batch}  # fmt: skip
-    # online RL: a step is one optimiser update; PPO makes ppo_epochs x num_minibatches per rollout batch
-    per_batch = int(cfg.algo.get("ppo_epochs", 1)) * int(cfg.algo.get("num_minibatches", 1))
-    completions = batch * int(cfg.algo.get("k", 1))
-    reward = cfg.algo.reward._target_.rsplit(".", 1)[-1]
-    return {"stage": stage["stage"], "csv": f"{stage['dir']}/csv/metrics.csv", "metric": "objective/score",
-            "panel": f"RL score ({reward})", "samples_per_step": completions / per_batch}  # fmt: skip
-
-
-def _examples(eval_dir: Path, n: int = 4) -> list[dict]:
-    """The first held-out prompts' completions of an evaluation (the report shows them side by side)."""
-    import json
-
-    path = eval_dir / "samples.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(x) for x in path.read_text().splitlines()[: n * 8] if x.strip()]
-    seen, out = set(), []
-    for r in rows:  # the first sample of each prompt
-        if r["prompt"] not in seen and len(out) < n:
-            seen.add(r["prompt"])
-            out.append({k: r[k] for k in ("prompt", "completion", "gold")})
-    return out
-
-
 def log_to_wandb(cfg: DictConfig, record: dict) -> None:
     """The run's numbers to wandb, grouped per sweep (a wandb agent's sweep run is picked up as is)."""
     if not cfg.wandb.enabled:
         return
     import wandb
 
-    from alignlab.loggers import resolve_wandb_mode
+    from alignlab.loggers import resolve_wandb_mode, wandb_settings
 
     run = wandb.init(
         project=cfg.wandb.project,
@@ -331,7 +324,7 @@ def log_to_wandb(cfg: DictConfig, record: dict) -> None:
         mode=resolve_wandb_mode("auto"),
         tags=[*cfg.get("tags", []), record["method"]],
         config={k: record[k] for k in ("method", "seed", "variant", "profile")},
-        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        settings=wandb_settings(cfg.wandb.get("console", "auto"), cfg.wandb.get("system_metrics", True)),
     )
     try:
         flat = {f"eval/{k}": v for k, v in record["eval"].items() if isinstance(v, (int, float))}
