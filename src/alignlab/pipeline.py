@@ -252,7 +252,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     from alignlab.utils.hydra import check_types
 
     placeholder = {name: Path(PLACEHOLDER) / name for name, _ in stages}
-    for name, stage in stages:
+    for _name, stage in stages:
         check_types(stage_config(cfg, stage, placeholder))
     configs = {}
     for name, stage in stages:
