@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow test-all lint format clean compare compare-full bench vllm
+.PHONY: install test test-slow test-all lint format clean compare compare-full standard bench vllm
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
@@ -74,6 +74,15 @@ COMPARE_SEEDS ?= 0
 compare: $(STAMP)
 	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun comparison=quick seed=$(COMPARE_SEEDS)
 	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
+
+# The published comparison (docs/results/standard/): 6 methods x 3 seeds, then the frontier (DPO over beta,
+# RLOO over the KL coefficient, one seed), two jobs at once. Each finished job's result file is committed
+# as it lands; rerunning skips the jobs already in docs/results/standard/runs. About two hours here.
+standard: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m alignlab.pipeline --multirun comparison=standard
+	OMP_NUM_THREADS=1 $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=dpo variant.algo.beta=0.03,0.3 seed=0
+	OMP_NUM_THREADS=1 $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rloo variant.algo.kl_coef=0.01,0.2 seed=0
+	$(BIN)/python -m alignlab.compare docs/results/standard/runs --out docs/results/standard
 
 compare-full: $(STAMP)
 	$(BIN)/python -m alignlab.pipeline --multirun comparison=sentiment profile=full

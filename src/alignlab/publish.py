@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -69,13 +70,16 @@ def publish(cfg: DictConfig, record: dict) -> Path | None:
     write_json(path, small)
     if cfg.publish.get("git_commit"):
         msg = f"results: {path.stem} ({cfg.profile.name}), gold reward {record['eval']['gold_reward']:+.3f}"
-        try:
-            subprocess.run(["git", "add", str(path)], check=True, capture_output=True, timeout=60)
-            subprocess.run(
-                ["git", "commit", "-m", msg, "--", str(path)], check=True, capture_output=True, timeout=60
-            )
-        except (OSError, subprocess.SubprocessError) as e:  # the file is written either way
-            log.warning("[pipeline] could not commit %s (%s); commit it by hand", path, e)
+        for attempt in range(5):  # two jobs finishing together contend for git's index lock
+            try:
+                subprocess.run(["git", "add", str(path)], check=True, capture_output=True, timeout=60)
+                subprocess.run(["git", "commit", "-m", msg, "--", str(path)], check=True, capture_output=True,
+                               timeout=60)  # fmt: skip
+                break
+            except (OSError, subprocess.SubprocessError) as e:  # the file is written either way
+                if attempt == 4:
+                    log.warning("[pipeline] could not commit %s (%s); commit it by hand", path, e)
+                time.sleep(2 + attempt)
     print(f"[pipeline] published {path}", flush=True)
     return path
 
