@@ -1,0 +1,117 @@
+"""A real vLLM server (CPU build, ``make vllm``) with the bundled SmolLM2, started by alignlab's launcher
+before the run (the run's pre-flight check pings the judge's server): RLOO trains through it with the LoRA
+adapter hot-loaded at each update, and the same server judges the rollouts (``judge=openai_compatible``
+inside a direct-RLAIF reward). Skipped only when the vLLM environment is absent; any failure fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignlab.models.vllm_engine import REPO, RolloutSpec, VLLMClient, VLLMServer, free_port
+
+pytestmark = pytest.mark.slow
+
+try:
+    RolloutSpec(engine="vllm").interpreter()
+    VLLM_MISSING = None
+except FileNotFoundError as e:
+    VLLM_MISSING = str(e)
+
+
+@pytest.mark.skipif(VLLM_MISSING is not None, reason=f"no vLLM environment: {VLLM_MISSING}")
+@pytest.mark.timeout(1500)
+def test_rloo_through_vllm_with_hot_loaded_adapters_and_the_same_server_as_judge(tmp_path, monkeypatch):
+    from alignlab.models.bundled import ensure_smollm2
+
+    spec = RolloutSpec(engine="vllm", port=free_port())
+    server = VLLMServer(
+        spec, str(ensure_smollm2()), "float32", lora_rank=16, log_path=tmp_path / "server.log"
+    )
+    server.start()
+    try:
+        run(tmp_path, monkeypatch, server)
+    finally:
+        server.stop()
+    assert server.proc is None
+
+
+def run(tmp_path, monkeypatch, server):
+    from alignlab.models.completion import completion_logprobs
+    from alignlab.models.generation import left_pad
+    from alignlab.models.vllm_rollout import logprob_gap
+    from alignlab.train import train
+    from conftest import compose
+
+    url = server.base_url
+    # the judge compares each completion with a fixed reference completion of its prompt
+    refs = tmp_path / "refs.jsonl"
+    prompts = [
+        json.loads(line)["prompt"] for line in (REPO / "src/alignlab/resources/prompts_toy.jsonl").open()
+    ]
+    refs.write_text("".join(json.dumps({"prompt": p, "completion": " was fine."}) + "\n" for p in prompts))
+    loads, unloads = [], []
+    real_load, real_unload = VLLMClient.load_adapter, VLLMClient.unload_adapter
+    monkeypatch.setattr(VLLMClient, "load_adapter", lambda s, n, p: (loads.append(n), real_load(s, n, p))[1])
+    monkeypatch.setattr(VLLMClient, "unload_adapter", lambda s, n: (unloads.append(n), real_unload(s, n))[1])
+    cfg = compose(
+        [
+            "algo=rloo",
+            "model=smollm2_135m",
+            "peft=lora",
+            "data=prompts_toy",
+            "data.batch_size=2",
+            "algo.k=2",
+            "algo.max_new_tokens=8",
+            "algo.kl_coef=0.0",
+            "algo.optimizer.lr=2e-2",  # big steps: a stale adapter on the server would show in the gap
+            "reward@algo.reward=judge_pairwise",
+            "judge@algo.reward.judge=openai_compatible",
+            f"algo.reward.judge.base_url={url}",
+            "algo.reward.judge.model=alignlab-base",
+            "algo.reward.judge.api_key_env=null",
+            f"algo.reward.judge.cache_path={tmp_path / 'judge.sqlite'}",
+            f"algo.reward.references={refs}",
+            "algo.reward.reference_model=null",
+            "algo.rollout.engine=vllm",
+            f"algo.rollout.base_url={url}",
+            f"algo.rollout.sync_dir={tmp_path / 'sync'}",
+            "trainer=cpu",
+            "trainer.max_steps=3",
+            "trainer.limit_val_batches=0",
+            "trainer.gradient_clip_val=null",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+            "callbacks=none",
+            "optimized_metric=null",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    metrics, objects = train(cfg)
+    module = objects["module"]
+    engine = module.rollout_engine
+    # 3 rollout batches: the adapter of versions 0, 1, 2 hot-loaded in turn, each previous one unloaded
+    assert loads == ["alignlab-base-lora-0", "alignlab-base-lora-1", "alignlab-base-lora-2"]
+    assert unloads == ["alignlab-base-lora-0", "alignlab-base-lora-1"]
+    # the same server judged every completion (a direct-RLAIF reward through judge=openai_compatible)
+    judge = module.reward_fn.reward.judge
+    assert module.reward_fn.reward.queries == 3 * 4 and judge.stats.calls >= 3 * 4
+    assert module.reward_fn.reward.invalid < 3 * 4  # some verdicts were read from the server's answers
+    # the engine's log-probs were the trainer's (fp32 both sides), measured every batch
+    print("engine/trainer log-prob gap (fp32):", metrics["rollout/engine_logp_gap"])
+    assert 0 <= metrics["rollout/engine_logp_gap"] < 1e-3
+    assert server.proc.poll() is None  # the run leaves a server it did not start running
+    # one more batch after the updates: the server samples the trained adapter, not the base model
+    policy, tok = module.policy, module.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:2] for _ in range(2)]
+    gen = engine.sample(policy, tok, ids, module.sampling, version=99, group=2)
+    ctx, cmask = left_pad(ids, tok.pad_token_id)
+    qr, att = torch.cat([ctx, gen.completion_ids], 1), torch.cat([cmask, gen.completion_mask], 1)
+    with torch.no_grad():
+        trained = completion_logprobs(policy.eval(), qr, att, ctx.shape[1])
+        with policy.disable_adapter():
+            base = completion_logprobs(policy, qr, att, ctx.shape[1])
+    assert logprob_gap(gen.engine_logprobs, trained, gen.completion_mask) < 1e-3
+    assert logprob_gap(gen.engine_logprobs, base, gen.completion_mask) > 1e-2
