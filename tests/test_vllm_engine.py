@@ -226,3 +226,17 @@ def test_server_dtype_follows_the_trainers_compute_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what trainer precision bf16-mixed runs under
         assert compute_dtype(policy) == "bfloat16"
     assert compute_dtype(policy.to(torch.bfloat16)) == "bfloat16"
+
+
+def test_close_unloads_our_adapter_from_a_given_server_and_forgets_the_sync():
+    policy, tok = tiny()
+    server_model, _ = tiny(peft=False)
+    ids = prompts(tok, 2)
+    with FakeVLLM(server_model, tok) as fake:
+        engine = VLLMRolloutEngine(RolloutSpec(engine="vllm", base_url=fake.base_url))
+        engine.sample(policy, tok, ids, CFG, version=3, group=2)
+        path = engine.adapter_path
+        engine.close()
+        assert fake.adapters == {} and not path.exists() and engine.client is None
+        engine.sample(policy, tok, ids, CFG, version=3, group=2)  # same version: synced again after close
+        assert list(fake.adapters) == ["alignlab-base-lora-3"] and engine.syncs == 2

@@ -129,13 +129,23 @@ class VLLMRolloutEngine:
         return self.client
 
     def close(self) -> None:
+        """Stop a server started here, or unload our adapter from a given one; forget what was synced,
+        so a later ``sample`` starts (or reaches) the server again and syncs afresh."""
         if self.server is not None:
             self.server.stop()
             self.server = None
-        self.client = None
+        elif self.client is not None and self.adapter_path is not None:
+            try:  # a server we did not start keeps running: leave no adapter of ours behind
+                self.client.unload_adapter(self.model_name)
+            except VLLMError:
+                pass
+        if self.adapter_path is not None:
+            shutil.rmtree(self.adapter_path, ignore_errors=True)
+        self.client, self.version, self.adapter_path = None, None, None
+        self.model_name = self.spec.served_model_name
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+            self._tmp, self.sync_dir = None, None
 
     # -- 1. policy sync ----------------------------------------------------------------------------------
     def sync(self, policy, version: int) -> None:
