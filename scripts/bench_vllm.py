@@ -156,7 +156,7 @@ def write_section(results_md: Path, result: dict) -> None:
     results_md.write_text((head + "\n\n" if head else "") + "\n".join(section) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--model", default="smollm2_135m", help="alignlab model source (the server loads its directory)"
@@ -176,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "vllm_rollout.json"))
     p.add_argument("--run-dir", default=str(REPO / "outputs" / "bench_vllm"), help="the RLOO run's directory")
     p.add_argument("--results-md", default=str(REPO / "bench" / "results.md"), help="'' to leave it alone")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from alignlab.train import train
 

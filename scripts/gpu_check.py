@@ -319,25 +319,21 @@ def check_stages(model: str, device: str, out: Path, timeout_s: float = 600) -> 
 
 
 # -- vllm ------------------------------------------------------------------------------------------------
+def vllm_command(model: str, device: str, out: Path, vllm_python: str) -> list[str]:
+    """``scripts/bench_vllm.py`` as the GPU check runs it (its results stay out of bench/results.md)."""
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_vllm.py"), "--model", model, "--device", device]
+    cmd += ["--vllm-python", vllm_python, "--out", str(out / "vllm.json"), "--results-md", ""]
+    cmd += ["--run-dir", str(out / "vllm_run"), "--rounds", "3"]
+    if device.startswith("cuda"):  # one '=' argument: a value starting with '--' is not taken as a flag
+        cmd.append("--server-args=--gpu-memory-utilization 0.3")
+    return cmd
+
+
 def check_vllm(model: str, device: str, out: Path, vllm_python: str | None) -> bool | None:
     if not vllm_python or not Path(vllm_python).exists():
         print(f"  SKIP: no vLLM environment ({vllm_python or 'none given'}; gpu_check.sh builds one)")
         return None
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "bench_vllm.py"),
-        "--model",
-        model,
-        "--device",
-        device,
-        "--vllm-python",
-        vllm_python,
-        "--out",
-        str(out / "vllm.json"),
-    ]
-    if device.startswith("cuda"):
-        cmd += ["--server-args", "--gpu-memory-utilization 0.3"]
-    proc = subprocess.run(cmd, text=True, cwd=REPO)
+    proc = subprocess.run(vllm_command(model, device, out, vllm_python), text=True, cwd=REPO)
     return proc.returncode == 0
 
 

@@ -40,7 +40,7 @@ fi
 install_pid=""
 if [ "$VLLM" = "1" ] && [ "$DEVICE" = "cuda" ] && [ ! -x "$VLLM_PYTHON" ]; then
     echo "gpu_check: installing $VLLM_SPEC into $VLLM_VENV in the background (log: $OUT/vllm_install.log)"
-    ( python3 -m venv "$VLLM_VENV" && "$VLLM_VENV/bin/pip" install --quiet "$VLLM_SPEC" ) \
+    ( "$PY" -m venv "$VLLM_VENV" && "$VLLM_VENV/bin/pip" install --quiet "$VLLM_SPEC" ) \
         >"$OUT/vllm_install.log" 2>&1 &
     install_pid=$!
 fi

@@ -79,3 +79,14 @@ def test_gpu_check_script_runs_on_cpu_with_the_tiny_model(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary == {"mask": "PASS", "throughput": "PASS", "stages": "PASS"}
     assert "gpu_check: PASS" in proc.stdout
+
+
+def test_vllm_section_command_parses_as_bench_vllm_reads_it(tmp_path):
+    import bench_vllm
+
+    cmd = gpu_check.vllm_command("smollm2_135m", "cuda", tmp_path, "/v/bin/python")
+    assert cmd[1].endswith("scripts/bench_vllm.py")
+    args = bench_vllm.parse_args(cmd[2:])
+    assert args.device == "cuda" and args.vllm_python == "/v/bin/python" and args.results_md == ""
+    assert args.server_args.split() == ["--gpu-memory-utilization", "0.3"]
+    assert args.out == str(tmp_path / "vllm.json") and args.run_dir == str(tmp_path / "vllm_run")
