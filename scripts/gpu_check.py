@@ -324,7 +324,7 @@ def vllm_command(model: str, device: str, out: Path, vllm_python: str) -> list[s
     cmd = [sys.executable, str(REPO / "scripts" / "bench_vllm.py"), "--model", model, "--device", device]
     cmd += ["--vllm-python", vllm_python, "--out", str(out / "vllm.json"), "--results-md", ""]
     cmd += ["--run-dir", str(out / "vllm_run"), "--rounds", "3"]
-    if device.startswith("cuda"):  # one '=' argument: a value starting with '--' is not taken as a flag
+    if device.startswith("cuda"):  # "=": a value that starts with "--" stays unambiguous
         cmd.append("--server-args=--gpu-memory-utilization 0.3")
     return cmd
 
