@@ -104,8 +104,14 @@ def run(tmp_path, monkeypatch, server):
     print("engine/trainer log-prob gap (fp32):", metrics["rollout/engine_logp_gap"])
     assert 0 <= metrics["rollout/engine_logp_gap"] < 1e-3
     assert server.proc.poll() is None  # the run leaves a server it did not start running
-    # one more batch after the updates: the server samples the trained adapter, not the base model
+    # one more batch after one more change of the adapter (the judge's rewards may leave the trained one
+    # near zero): the server samples the new adapter, not the base model
     policy, tok = module.policy, module.tokenizer
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:2] for _ in range(2)]
     gen = engine.sample(policy, tok, ids, module.sampling, version=99, group=2)
     ctx, cmask = left_pad(ids, tok.pad_token_id)
