@@ -122,3 +122,43 @@ def run(tmp_path, monkeypatch, server):
             base = completion_logprobs(policy, qr, att, ctx.shape[1])
     assert logprob_gap(gen.engine_logprobs, trained, gen.completion_mask) < 1e-3
     assert logprob_gap(gen.engine_logprobs, base, gen.completion_mask) > 1e-2
+
+
+@pytest.mark.skipif(VLLM_MISSING is not None, reason=f"no vLLM environment: {VLLM_MISSING}")
+@pytest.mark.timeout(900)
+def test_full_fine_tuning_weights_reload_in_place_on_a_real_server(tmp_path):
+    """No LoRA: the engine saves the full weights and the server reloads them in place (/collective_rpc
+    reload_weights, then /reset_prefix_cache); a large change of the weights shows up in its samples."""
+    from alignlab.models import ModelSpec
+    from alignlab.models.completion import completion_logprobs
+    from alignlab.models.generation import SamplingConfig, left_pad
+    from alignlab.models.vllm_rollout import VLLMRolloutEngine, logprob_gap
+
+    lm = ModelSpec(source="smollm2_135m", dtype="float32").load()
+    policy, tok = lm.model.eval(), lm.tokenizer
+    ids = [tok("Movie review: The film was", add_special_tokens=False)["input_ids"]] * 4
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
+
+    def gap(gen) -> float:
+        ctx, cmask = left_pad(ids, tok.pad_token_id)
+        qr, att = torch.cat([ctx, gen.completion_ids], 1), torch.cat([cmask, gen.completion_mask], 1)
+        with torch.no_grad():
+            mine = completion_logprobs(policy, qr, att, ctx.shape[1])
+        return logprob_gap(gen.engine_logprobs, mine, gen.completion_mask).item()
+
+    engine = VLLMRolloutEngine(RolloutSpec(engine="vllm", port=free_port(), sync_dir=str(tmp_path / "sync")))
+    try:
+        assert gap(engine.sample(policy, tok, ids, cfg, version=0, group=4)) < 1e-3
+        with torch.no_grad():  # "an update": every MLP output projection 1.5x
+            for layer in policy.model.layers:
+                layer.mlp.down_proj.weight.mul_(1.5)
+        gen = engine.sample(policy, tok, ids, cfg, version=1, group=4)
+        assert engine.syncs == 2 and (tmp_path / "sync" / "weights" / "config.json").exists()
+        assert gap(gen) < 1e-3  # sampled by the reloaded weights
+        with torch.no_grad():
+            for layer in policy.model.layers:
+                layer.mlp.down_proj.weight.div_(1.5)
+        assert gap(gen) > 1e-2  # ... which differ from the old ones
+    finally:
+        engine.close()
+    assert engine.server is None
