@@ -137,3 +137,22 @@ def test_rloo_learns_through_the_engine_as_it_does_in_process(tmp_path):
         gains[engine] = sum(s[-5:]) / 5 - sum(s[:5]) / 5
     print("score gain over 40 updates (last 5 - first 5):", gains)
     assert gains["vllm"] > 0.15 and gains["hf"] > 0.15, gains
+
+
+def test_vllm_engine_refuses_multi_process_training(tiny_lm):
+    from types import SimpleNamespace
+
+    from alignlab.models.vllm_engine import RolloutSpec
+    from alignlab.modules.rloo import RLOOModule
+    from alignlab.rewards.base import CharFractionReward
+
+    spec = RolloutSpec(engine="vllm", base_url="http://127.0.0.1:9/v1")
+    module = RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), k=2, rollout=spec)
+    module._trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ValueError, match="trainer.devices=1"):
+        module.setup("fit")
+    module._trainer = SimpleNamespace(world_size=1)
+    module.setup("fit")  # one process: fine
+    assert (
+        RLOOModule(tiny_lm.model, tiny_lm.tokenizer, reward=CharFractionReward(), k=2).rollout_engine is None
+    )
