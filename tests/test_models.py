@@ -83,3 +83,45 @@ def test_identity_changes_with_weights_source():
         ModelSpec(source="tiny").identity()
         == ModelSpec(source="tiny", gradient_checkpointing=True).identity()
     )
+
+
+def test_load_policy_gives_each_kind_its_reference(tmp_path):
+    """load_policy: the base model is its own reference (KL 0), a LoRA directory's reference is the
+    adapter switched off, a full model's is the base weights, loaded on first use and frozen."""
+    from alignlab.models import load_policy
+
+    spec = ModelSpec(source="tiny", dtype="float32", cache_dir=str(tmp_path / "cache"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    base = load_policy(spec, None, "cpu")
+    assert base.kind == "base" and base.ref_model.kind == "policy"
+    with torch.no_grad():
+        base_logits = base.model(ids).logits
+    with base.ref_model as ref:
+        assert ref is base.model
+
+    lora = apply_peft(spec.load().model, LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)
+    lora.save_pretrained(tmp_path / "adapter")
+    adapter = load_policy(spec, tmp_path / "adapter", "cpu")
+    assert adapter.kind == "adapter" and adapter.ref_model.kind == "adapter"
+    with torch.no_grad():
+        assert not torch.allclose(adapter.model(ids).logits, base_logits, atol=1e-4)
+    with adapter.ref_model as ref:
+        torch.testing.assert_close(ref(ids).logits, base_logits)
+
+    full_model = spec.load().model
+    with torch.no_grad():
+        for p in full_model.parameters():
+            p.add_(0.01)
+    full_model.save_pretrained(tmp_path / "full")
+    spec.load().tokenizer.save_pretrained(tmp_path / "full")
+    full = load_policy(spec, tmp_path / "full", "cpu")
+    assert full.kind == "full" and full.ref_model.kind == "frozen" and full.ref_model.model is None
+    with full.ref_model as ref:
+        torch.testing.assert_close(ref(ids).logits, base_logits)
+        assert not any(p.requires_grad for p in ref.parameters())
+    with torch.no_grad():
+        assert not torch.allclose(full.model(ids).logits, base_logits, atol=1e-4)
