@@ -212,8 +212,9 @@ def test_contradictory_config_fails_at_startup(tiny_lm):
         DPOModule(m, t, loss_type="ipo", label_smoothing=0.1)
     with pytest.raises(ConfigError, match="length_normalize"):
         DPOModule(m, t, loss_type="simpo", length_normalize=False)
-    with pytest.raises(ConfigError, match="precompute_ref_logps"):
-        DPOModule(m, t, loss_type="simpo", precompute_ref_logps=True)
+    # a reference-free loss skips the precompute (one info line) instead of failing
+    simpo = DPOModule(m, t, loss_type="simpo", precompute_ref_logps=True)
+    assert not simpo.precompute_ref_logps and simpo.ref_model is None
 
 
 @pytest.mark.parametrize(
