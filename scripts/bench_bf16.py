@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--rounds", type=int, default=5, help="measured rounds per speed comparison")
     p.add_argument("--out", default=str(REPO / "bench" / "bf16.json"))
+    p.add_argument("--sampling-only", action="store_true", help="only the LoRA sampling comparison")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from alignlab.losses.preference import preference_loss
@@ -130,6 +131,35 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "command": "python scripts/bench_bf16.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+
+    if args.sampling_only:  # the rollout path: fp32, under autocast, with bf16 weights (cast_weights)
+        policy.eval()
+        sprompts = [tok.encode(t, add_special_tokens=False) for t in PROMPTS] * (args.prompts // len(PROMPTS))
+        cfg = SamplingConfig(args.max_new_tokens, 1.0)
+        policy.generation_config.min_new_tokens = args.max_new_tokens
+
+        def lora_sampler(on: bool, weights=None):
+            def run():
+                with bf16(on):
+                    sample(policy, tok, sprompts, cfg, lean_lora=True, weights_dtype=weights)
+
+            return run
+
+        variants = {
+            "lora_fp32": lora_sampler(False),
+            "lora_bf16_autocast": lora_sampler(True),
+            "lora_bf16_weights": lora_sampler(True, torch.bfloat16),
+        }
+        t = ab_rounds(variants, max(2, args.rounds - 2))
+        tokens = len(sprompts) * args.max_new_tokens
+        out["sampling_lora"] = t | {
+            "tokens_per_call": tokens,
+            "speedup_autocast": t["lora_fp32"] / t["lora_bf16_autocast"],
+            "speedup_bf16_weights": t["lora_fp32"] / t["lora_bf16_weights"],
+        }
+        save(out, args.out)
+        print(json.dumps(out, indent=2))
+        return 0
 
     # 1. accuracy: DPO and Bradley-Terry losses, bf16 autocast vs fp32
     head = ScalarHead(hidden_size(policy))

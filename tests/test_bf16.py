@@ -64,6 +64,16 @@ def _first_update_logratio(tmp_path, monkeypatch, experiment: str, module_name: 
         return inner(logprobs, old_logprobs, advantages, mask, *args, **kwargs)
 
     monkeypatch.setattr(mod, loss_name, spy)
+    from alignlab.modules import rollout
+
+    dtypes = []
+    inner_sample = rollout.sample
+
+    def sample_spy(*a, **k):
+        dtypes.append(k.get("weights_dtype"))
+        return inner_sample(*a, **k)
+
+    monkeypatch.setattr(rollout, "sample", sample_spy)
     over = [
         f"experiment={experiment}",
         f"paths.output_dir={tmp_path}",
@@ -75,6 +85,7 @@ def _first_update_logratio(tmp_path, monkeypatch, experiment: str, module_name: 
         "callbacks=none",
     ]
     train(compose(over))
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # rollouts decode with bf16 weights
     return seen[0]
 
 
@@ -169,3 +180,17 @@ def test_dpo_and_reward_losses_in_bf16_agree_with_fp32(tiny_lm):
     assert abs(dpo16 - dpo32) <= DPO_LOSS_TOL, (dpo16, dpo32)
     assert abs(rm16 - rm32) <= RM_LOSS_TOL, (rm16, rm32)
     assert dpo16 != dpo32  # bf16 really ran (else the comparison is empty)
+
+
+def test_cast_weights_decodes_in_bf16_and_restores_the_exact_tensors(tiny_lm):
+    from alignlab.models.generation import SamplingConfig, cast_weights, sample
+
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    with cast_weights(model, torch.bfloat16):
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    gen = sample(model, tok, [[5, 6, 7]] * 2, SamplingConfig(4, 1.0), weights_dtype=torch.bfloat16)
+    assert gen.completion_ids.shape[0] == 2
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and p.data_ptr() == before[n][0]
+        assert torch.equal(p, before[n][1]), n

@@ -101,6 +101,25 @@ def shared_prompt_cache(model, prompt_ids: list[list[int]], ids, mask, group: in
     return cache
 
 
+@contextlib.contextmanager
+def cast_weights(model, dtype: torch.dtype | None):
+    """Run ``model`` with its floating-point parameters cast to ``dtype`` (e.g. bf16 weights for
+    decoding: under autocast every decoding step would cast the fp32 weights again) and autocast off; on
+    exit every parameter gets its original tensor back (the same storage, bit for bit). None: unchanged."""
+    if dtype is None:
+        yield model
+        return
+    saved = [(p, p.data) for p in model.parameters() if p.is_floating_point() and p.dtype != dtype]
+    try:
+        for p, data in saved:
+            p.data = data.to(dtype)
+        with torch.autocast(next(model.parameters()).device.type, enabled=False):
+            yield model
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -110,6 +129,7 @@ def sample(
     generator_seed: int | None = None,
     lean_lora: bool = False,
     group: int = 1,
+    weights_dtype: torch.dtype | None = None,
 ) -> Generation:
     """Sample one completion per prompt. Completion ids are cut at (and include) the first stop token
     (``stop_token_ids``: the generation config's EOS list, EOS, the chat template's end of turn).
@@ -118,7 +138,9 @@ def sample(
     same function (``alignlab.models.peft.lean_adapter``; faster decoding, no extra memory).
     ``group``: the prompts come in runs of this many identical ones (RLOO's k samples per prompt); each
     run's prompt is then encoded once and its KV cache repeated for the run's rows
-    (``shared_prompt_cache``), instead of encoding it ``group`` times."""
+    (``shared_prompt_cache``), instead of encoding it ``group`` times.
+    ``weights_dtype``: decode with the weights cast to this dtype (``cast_weights``; bf16 under a bf16
+    trainer), restored exactly afterwards."""
     from alignlab.models.peft import lean_adapter
 
     device = next(model.parameters()).device
@@ -138,7 +160,7 @@ def sample(
     )
     if not greedy:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
-    with lean_adapter(model) if lean_lora else contextlib.nullcontext():
+    with cast_weights(model, weights_dtype), lean_adapter(model) if lean_lora else contextlib.nullcontext():
         cache = shared_prompt_cache(model, prompt_ids, ids, mask, group)
         if cache is not None:
             kwargs["past_key_values"] = cache

@@ -142,9 +142,13 @@ class OnlineRLModule(PolicyModule):
 
     @property
     def rollout_group(self) -> int:
-        """Rows per prompt group that sampling and the log-prob forwards may share a prompt across
-        (1 = no sharing)."""
+        """Rows per prompt group that sampling and log-prob forwards may share a prompt across (1 = none)."""
         return self.samples_per_prompt if self.share_prompt else 1
+
+    @property
+    def sampling_dtype(self) -> torch.dtype | None:
+        """bf16 decoding weights under a bf16 trainer (autocast would re-cast them at every step)."""
+        return torch.bfloat16 if self._trainer and str(self._trainer.precision).startswith("bf16") else None
 
     # -- rollouts ------------------------------------------------------------------------------------
     def reference_logprobs(self, qr, mask, ctx, temperature: float, group: int = 1) -> torch.Tensor:
@@ -176,6 +180,7 @@ class OnlineRLModule(PolicyModule):
                 self.sampling,
                 lean_lora=self.lean_lora_sampling,
                 group=self.rollout_group,
+                weights_dtype=self.sampling_dtype,
             )
         ctx_ids, ctx_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, self.device)
         responses = gen.completion_ids.to(self.device)
@@ -336,6 +341,7 @@ class OnlineRLModule(PolicyModule):
                 batch["prompt_ids"],
                 self.val_sampling,
                 lean_lora=self.lean_lora_sampling,
+                weights_dtype=self.sampling_dtype,
             )
         ctx_ids, ctx_mask = left_pad(batch["prompt_ids"], self.tokenizer.pad_token_id, self.device)
         cmask = gen.completion_mask.to(self.device)
