@@ -273,9 +273,33 @@ class SFTDataModule(RowsDataModule):
 
 
 class PreferenceDataModule(RowsDataModule):
-    """(prompt, chosen, rejected[, p_chosen]) rows; whole-conversation pairs are split automatically."""
+    """(prompt, chosen, rejected[, p_chosen]) rows; whole-conversation pairs are split automatically.
+
+    A tie (``p_chosen`` = 0.5: no preference, e.g. a labeller's tie kept with ``keep_ties=true``) is not a
+    training preference: such rows are dropped and counted unless ``keep_ties`` (for losses that read the
+    soft label, which then pulls the two rewards together; a hard loss would read chosen ≻ rejected).
+    """
 
     kind = "preference"
+
+    def __init__(self, *args, keep_ties: bool = False, **kwargs):
+        """
+        Args:
+            keep_ties: keep rows with ``p_chosen`` = 0.5 (only for losses that read soft labels).
+            *args, **kwargs: the ``RowsDataModule`` arguments.
+        """
+        super().__init__(*args, **kwargs)
+        self.keep_ties = bool(keep_ties)
+
+    def _load(self, path: str) -> list[dict]:
+        rows = super()._load(path)
+        if self.keep_ties:
+            return rows
+        kept = [r for r in rows if r.get("p_chosen") != 0.5]
+        if len(kept) < len(rows):
+            log.info("%s: %d tied pairs (p_chosen 0.5) dropped; data.keep_ties=true keeps them for a soft-label "
+                     "loss", path, len(rows) - len(kept))  # fmt: skip
+        return kept
 
     def collator(self):
         return PreferenceCollator(self.tokenizer.pad_token_id)

@@ -23,6 +23,17 @@ def check_train_config(cfg: DictConfig) -> None:
             f"algo={module.__name__} optimises manually and clips with algo.max_grad_norm; "
             "set trainer.gradient_clip_val=null (the online-RL experiments do)"
         )
+    if (cfg.get("data") or {}).get("keep_ties") and module is not None:
+        algo = cfg.algo
+        soft = (module.__name__ == "DPOModule" and algo.get("loss_type") == "soft") or (
+            module.__name__ == "RewardModule" and algo.get("soft_labels", True)
+        )
+        if not soft:
+            raise ConfigError(
+                f"data.keep_ties=true feeds tied pairs (p_chosen 0.5) to {module.__name__}, whose loss reads them "
+                "as chosen ≻ rejected; keep ties only with a soft-label loss (algo.loss_type=soft, or the reward "
+                "model's algo.soft_labels=true), or set data.keep_ties=false"
+            )
     precision = str(tr.get("precision", "32"))
     if "16" in precision and tr.get("accelerator") == "cpu" and precision.startswith("16"):
         raise ConfigError(
