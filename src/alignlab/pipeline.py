@@ -287,7 +287,9 @@ def run_pipeline(cfg: DictConfig) -> dict:
         "base_eval": base,
         "labels_used": int(labels.get("decided") or 0),
         "label_audit": {
-            k: labels.get(k) for k in ("gold_accuracy", "cohen_kappa", "gold_kappa") if k in labels
+            k: labels.get(k)
+            for k in ("gold_accuracy", "gold_kappa", "gold_accuracy_decidable", "gold_kappa_decidable")
+            if k in labels
         },
         "judge_calls": judge_calls,
         # the compute each stage took when it ran (shared stages count in full for every method)
