@@ -21,6 +21,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from alignlab.loggers import log_run_config
     from alignlab.models.peft import apply_peft
     from alignlab.tasks import build_task
     from alignlab.tasks.base import resolve_task_paths
@@ -46,6 +47,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     module = instantiate(cfg.algo, policy=policy, tokenizer=lm.tokenizer)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
+    log_run_config(loggers, cfg)  # the whole resolved config, secrets redacted
     if not loggers:  # logger=none: a learning-rate monitor would have nowhere to write
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
