@@ -148,7 +148,7 @@ class OnlineRLModule(PolicyModule):
     @property
     def sampling_dtype(self) -> torch.dtype | None:
         """bf16 decoding weights under a bf16 trainer (autocast would re-cast them at every step)."""
-        return torch.bfloat16 if self._trainer and str(self._trainer.precision).startswith("bf16") else None
+        return torch.bfloat16 if str(getattr(self._trainer, "precision", "")).startswith("bf16") else None
 
     # -- rollouts ------------------------------------------------------------------------------------
     def reference_logprobs(self, qr, mask, ctx, temperature: float, group: int = 1) -> torch.Tensor:
