@@ -96,6 +96,7 @@ def test_report_table_verdict_examples_and_plots(tmp_path, capsys):
     assert "## Verdict" in text and "## Between methods" in text and "Holm" in text
     assert "was great (dpo)" in text and "was dull" in text  # the examples, side by side
     assert "minimum detectable gain" in text
+    assert "not at equal KL" in text  # KLs from 0.3 to 1.5: the verdict says gains are at equal compute
     for png in ("frontier.png", "curves.png"):
         data = (tmp_path / "report" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -249,8 +249,8 @@ def test_label_app_samples_labels_and_writes_a_preference_file(tmp_path, tiny_lm
         max_prompt_length=24,
         tokenizer=tiny_lm.tokenizer,
     )
-    dm.setup("fit")
-    assert len(dm.train_set) + len(dm.val_set) == len(rows)
+    dm.setup("fit")  # tied pairs (written with keep_ties=true) are no training preference: dropped
+    assert len(dm.train_set) + len(dm.val_set) == sum(r["p_chosen"] != 0.5 for r in rows)
 
 
 def test_label_app_relabels_a_samples_file_without_a_model(tmp_path, capsys):

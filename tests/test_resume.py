@@ -244,8 +244,8 @@ def test_pipeline_resumes_the_stage_it_was_killed_in(tmp_path):
         "data.max_prompt_length=16",
         "callbacks.checkpoint.every_n_train_steps=5",
     ]
-    dpo = "profile.dpo_overrides=[" + ",".join(f"'{x}'" for x in steps) + "]"
-    args = ["alignlab.pipeline", "profile=tiny", "method=dpo", "wandb.enabled=false", dpo]
+    dpo = [f"++profile.dpo.{x}" for x in steps]  # the profile's structured DPO budget
+    args = ["alignlab.pipeline", "profile=tiny", "method=dpo", "wandb.enabled=false", *dpo]
     log = tmp_path / "killed.log"
     proc = start([*args, f"artifacts_dir={art}", f"hydra.run.dir={tmp_path}/run"], tmp_path, log)
     kill_when(proc, lambda: any(art.glob("dpo/*/checkpoints/last.ckpt")), log)

@@ -204,6 +204,10 @@ def verdict(rows: list[dict], pairs: list[dict]) -> str:
     if over:
         out.append("Gold gains the second scorer shares less than half of (a lexicon-pleasing signature): "
                    + ", ".join(over) + ". ")  # fmt: skip
+    kls = [r["kl"][0] for r in rows if r.get("kl") and r["kl"][0] is not None and math.isfinite(r["kl"][0])]
+    if len(kls) > 1 and min(kls) > 0 and max(kls) > 2 * min(kls):
+        out.append(f"The methods spent very different KL budgets ({min(kls):.1f} to {max(kls):.1f} nats per completion): "
+                   "these are gains at equal compute, not at equal KL; the frontier plot shows the trade. ")  # fmt: skip
     mdes = [r["mde"] for r in rows if r.get("mde") is not None and math.isfinite(r["mde"])]
     if mdes:
         out.append(f"With this run's size the minimum detectable gain over base (80% power, α = 0.05) is about "
