@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alignlab.utils.errors import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
@@ -31,17 +31,6 @@ def check_label_config(cfg: DictConfig) -> None:
         raise ConfigError("model=hf needs model.name_or_path=<hub id or local directory>")
 
 
-def load_policy(cfg: DictConfig):
-    """The policy to sample from: ``model``, or ``policy_path`` (a LoRA adapter on top of ``model``, or a
-    full model directory); returns (model on its device, in eval mode; tokenizer)."""
-    from hydra.utils import instantiate
-
-    from alignlab.models.reference import load_policy as load
-
-    policy = load(instantiate(cfg.model), cfg.get("policy_path"), cfg.get("device", "auto"))
-    return policy.model, policy.tokenizer
-
-
 def label(cfg: DictConfig) -> dict:
     """Run one labelling job described by ``cfg``; returns the labelling report."""
     configure_runtime()
@@ -53,16 +42,16 @@ def label(cfg: DictConfig) -> dict:
     if check_server is not None:  # a dead server fails in seconds, before heavy imports, model or sampling
         check_server()
 
-    from alignlab.data.tokenize import Formatter
     from alignlab.judges.base import bind_task
     from alignlab.judges.report import format_report, report_path
-    from alignlab.tasks.pairs import PairSet, dir_stamp, label_pairs, sample_pairs, work_fingerprint
+    from alignlab.tasks import build_task
+    from alignlab.tasks.pairs import PairSet, label_pairs
     from alignlab.utils.config import save_resolved_config
     from alignlab.utils.io import write_json, write_rows
 
     out = Path(str(cfg.output_path))
     save_resolved_config(cfg, out.parent)
-    task = instantiate(cfg.task)
+    task = build_task(cfg.task)  # the run's one task object
     bind_task(judge, task)
 
     # 1. pairs: sampled from the policy, or read from an earlier run's samples. Finished sampling batches
@@ -71,28 +60,10 @@ def label(cfg: DictConfig) -> dict:
     if cfg.get("pairs_path"):
         pairs = PairSet.load(str(cfg.pairs_path))
         log.info("labelling %d pairs from %s", len(pairs.prompts), cfg.pairs_path)
-    else:
-        prompts = task.prompts(cfg.split)
-        if cfg.get("n_prompts"):
-            prompts = prompts[: int(cfg.n_prompts)]
-        model, tok = load_policy(cfg)
-        sampling = instantiate(cfg.sampling)
-        pf = cfg.prompt_format
-        fmt = Formatter(
-            tok,
-            pf.use_chat_template,
-            pf.system_prompt,
-            int(pf.max_prompt_length),
-            int(pf.max_prompt_length) + sampling.max_new_tokens + 1,
-        )
-        policy = cfg.get("policy_path")
-        plain = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "prompt_format")]
-        work = work_fingerprint(*plain, policy, dir_stamp(policy), cfg.get("device"), cfg.split)
-        pairs = sample_pairs(
-            model, tok, prompts, sampling, fmt, int(cfg.batch_size), int(cfg.seed), cfg.progress,
-            journal_path=journal, fingerprint=work,
-        )  # fmt: skip
-        del model  # free the policy before an LLM judge loads its own model
+    else:  # the sample app's sampling (alignlab.sample); the policy is freed before a judge model loads
+        from alignlab.sample import sample_pair_set
+
+        pairs = sample_pair_set(cfg, task, journal)
         if cfg.get("samples_path"):
             pairs.save(str(cfg.samples_path))
 
@@ -145,7 +116,17 @@ def label(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra_app("label")
+def ping_judge_server(cfg: DictConfig) -> None:
+    """A judge behind a server (one with ``check_server``) is asked once, first: a dead server fails in
+    seconds, before the typed-config check, heavy imports, the model or sampling."""
+    from hydra.utils import get_class, instantiate
+
+    target = (cfg.get("judge") or {}).get("_target_")
+    if target and hasattr(get_class(target), "check_server"):
+        instantiate(cfg.judge).check_server()
+
+
+@hydra_app("label", precheck=ping_judge_server)
 def main(cfg: DictConfig) -> None:
     label(cfg)
 

@@ -43,12 +43,16 @@ def report(prog: str, error: BaseException) -> None:
     print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
 
 
-def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[..., Any]]:
+def hydra_app(
+    config_name: str, precheck: Callable[[Any], None] | None = None
+) -> Callable[[Callable[[Any], Any]], Callable[..., Any]]:
     """``hydra.main`` over conf/``config_name``.yaml, with user errors printed as one line and exit 2.
 
     Two kinds of user error: a ``UserError`` raised by the task (bad rows, contradicting keys, missing
     files, an unreachable server), and a command line Hydra cannot compose (a typo'd key, an unknown
     group option), which Hydra reports in its own words without a traceback; both exit 2.
+    ``precheck(cfg)`` runs first, before the typed-config check imports the config's targets (the label
+    app asks its judge server there, before even torch is imported).
     """
     import hydra
 
@@ -63,6 +67,8 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[...
         def task(cfg):
             entered[0] = True
             try:
+                if precheck is not None:
+                    precheck(cfg)
                 check_types(cfg)  # algo.beta=abc fails here, before any model loads
                 return fn(cfg)
             except UserError as e:
