@@ -288,6 +288,8 @@ class PreferenceDataModule(RowsDataModule):
             keep_ties: keep rows with ``p_chosen`` = 0.5 (only for losses that read soft labels).
             *args, **kwargs: the ``RowsDataModule`` arguments.
         """
+        if kwargs.get("columns") is not None:  # save_hyperparameters reads this frame too: plain containers
+            kwargs["columns"] = {str(k): str(v) for k, v in dict(kwargs["columns"]).items() if v is not None}
         super().__init__(*args, **kwargs)
         self.keep_ties = bool(keep_ties)
 
