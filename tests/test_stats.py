@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from alignlab.stats import bootstrap_mean_ci, holm, minimum_detectable_effect, paired_gain, t_mean_ci, t_quantile
+from alignlab.stats import (
+    bootstrap_mean_ci,
+    holm,
+    minimum_detectable_effect,
+    paired_gain,
+    t_mean_ci,
+    t_quantile,
+)
 
 
 def test_t_quantiles_are_students():

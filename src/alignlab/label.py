@@ -23,12 +23,9 @@ def check_label_config(cfg: DictConfig) -> None:
     suffix = Path(str(cfg.output_path)).suffix
     if suffix not in (".jsonl", ".parquet"):
         raise ConfigError(f"output_path={cfg.output_path!r} must end in .jsonl or .parquet")
-    if cfg.get("n_prompts") is not None and int(cfg.n_prompts) < 1:
-        raise ConfigError(f"n_prompts={cfg.n_prompts} must be >= 1 (or null for the whole split)")
-    if int(cfg.batch_size) < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1")
-    if cfg.model.get("source") == "hf" and not cfg.model.get("name_or_path"):
-        raise ConfigError("model=hf needs model.name_or_path=<hub id or local directory>")
+    from alignlab.sample import check_sample_config
+
+    check_sample_config(cfg)  # n_prompts, batch_size, model: the sampling half of the label app
 
 
 def label(cfg: DictConfig) -> dict:
