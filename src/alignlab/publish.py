@@ -39,8 +39,10 @@ def config_key(cfg: DictConfig) -> str:
 
 
 def result_path(cfg: DictConfig) -> Path:
+    from alignlab.pipeline import flatten  # the sweep point's keys, as the pipeline flattens them
+
     variant = {
-        k: v for k, v in _flat(OmegaConf.to_container(cfg.variant, resolve=True)).items() if v is not None
+        k: v for k, v in flatten(OmegaConf.to_container(cfg.variant, resolve=True)).items() if v is not None
     }
     tail = "".join(f"-{k.split('.')[-1]}{v}" for k, v in sorted(variant.items()))
     return Path(str(cfg.publish.dir)) / f"{cfg.method.name}-s{cfg.seed}{tail}.json"
@@ -82,13 +84,3 @@ def publish(cfg: DictConfig, record: dict) -> Path | None:
                 time.sleep(2 + attempt)
     print(f"[pipeline] published {path}", flush=True)
     return path
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
