@@ -78,10 +78,12 @@ compare: $(STAMP)
 # The published comparison (docs/results/standard/): 6 methods x 3 seeds, then the frontier (DPO over beta,
 # RLOO over the KL coefficient, one seed), two jobs at once. Each finished job's result file is committed
 # as it lands; rerunning skips the jobs already in docs/results/standard/runs. About two hours here.
+# fp32 on every machine (ALIGNLAB_CPU_PRECISION), so a run continued on a CPU with bf16 matches the rest.
+STANDARD_ENV := OMP_NUM_THREADS=1 ALIGNLAB_CPU_PRECISION=32-true
 standard: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m alignlab.pipeline --multirun comparison=standard
-	OMP_NUM_THREADS=1 $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=dpo variant.algo.beta=0.03,0.3 seed=0
-	OMP_NUM_THREADS=1 $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rloo variant.algo.kl_coef=0.01,0.2 seed=0
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=dpo variant.algo.beta=0.03,0.3 seed=0
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rloo variant.algo.kl_coef=0.01,0.2 seed=0
 	$(BIN)/python -m alignlab.compare docs/results/standard/runs --out docs/results/standard
 
 compare-full: $(STAMP)

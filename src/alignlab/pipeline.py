@@ -272,7 +272,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
     judge_calls += sum(
         int(i.get("reward/judge_queries") or 0) + int(i.get("win_rate_pairs") or 0) for i in info
     )
-    from alignlab.pipeline_record import curve, examples_of
+    from alignlab.pipeline_record import curve, examples_of, machine_summary
+    from alignlab.utils.precision import cpu_precision
 
     curves = [curve(s, configs[s["name"]]) for s in runner.stages if s["name"] in ("reward_model", "policy")]
     examples = {k: examples_of(runner.dirs[d]) for k, d in (("base", "eval_base"), ("policy", "eval"))}
@@ -292,6 +293,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
             if k in labels
         },
         "judge_calls": judge_calls,
+        "precision": cpu_precision(),  # what trainer=cpu trained in (the CPU's or $ALIGNLAB_CPU_PRECISION)
+        "machine": machine_summary(),
         # the compute each stage took when it ran (shared stages count in full for every method)
         "wall_time_s": round(sum(s["seconds"] for s in runner.stages), 1),
         "cpu_time_s": round(sum(float((s["info"] or {}).get("cpu_s") or 0) for s in runner.stages), 1),

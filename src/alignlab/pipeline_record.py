@@ -48,3 +48,22 @@ def examples_of(eval_dir: Path, n: int = 4) -> list[dict]:
             seen.add(r["prompt"])
             out.append({k: r[k] for k in ("prompt", "completion", "gold")})
     return out
+
+
+def machine_summary() -> dict:
+    """Where the job ran: CPU model, cores, the accelerator if any (results are compared across machines)."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}

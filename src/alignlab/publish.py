@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.utils.io import write_json
+from alignlab.utils.precision import cpu_precision
 from alignlab.utils.runtime import get_logger
 
 log = get_logger(__name__)
@@ -34,6 +35,9 @@ def config_key(cfg: DictConfig) -> str:
         keep[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
     for k in ("model", "task"):  # where the caches are is not what was run
         keep[k] = {key: v for key, v in (keep[k] or {}).items() if key != "cache_dir"}
+    # what trainer=cpu trains in here (bf16-mixed or 32-true, by the CPU or $ALIGNLAB_CPU_PRECISION): a job
+    # run in another precision is another job, so a machine without native bf16 never skips a bf16 result
+    keep["cpu_precision"] = cpu_precision()
     text = json.dumps(keep, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
