@@ -200,3 +200,27 @@ def test_direct_rlaif_rewards_use_the_tuned_judge(reward, tmp_path):
     cfg = compose(["algo=rloo", f"reward@algo.reward={reward}", f"paths.cache_dir={tmp_path}"])
     r = instantiate(cfg.algo.reward)  # nothing loaded or trained yet
     assert isinstance(r.judge.spec, TunedJudgeSpec) and r.judge.mode == "pointwise"
+
+
+def test_auto_precision_is_resolved_into_the_judges_key(monkeypatch, tmp_path):
+    """``precision: auto`` tunes in what this machine trains in, and names it: a bf16 judge and an fp32 judge
+    are two judges (their artifacts and answer caches never mix)."""
+    import alignlab.judges.tuning as tuning
+    from alignlab.utils.precision import cpu_precision
+
+    monkeypatch.setattr(tuning, "_cuda", lambda: False)
+    ids = {}
+    try:
+        for precision in ("bf16-mixed", "32-true"):
+            monkeypatch.setenv("ALIGNLAB_CPU_PRECISION", precision)
+            cpu_precision.cache_clear()
+            assert tuning.resolve_precision("auto") == precision
+            assert tuning.resolve_precision("16-mixed") == "16-mixed"  # an explicit choice is kept
+            spec = tuning.TunedJudgeSpec(cache_dir=str(tmp_path), tuning={"precision": "auto"})
+            assert spec.recipe().precision == precision
+            ids[precision] = spec.identity()
+    finally:
+        cpu_precision.cache_clear()
+    assert ids["bf16-mixed"] != ids["32-true"]
+    monkeypatch.setattr(tuning, "_cuda", lambda: True)
+    assert tuning.resolve_precision("auto") == "bf16-mixed"

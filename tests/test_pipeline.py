@@ -170,6 +170,24 @@ def test_published_results_are_found_by_a_rerun_and_only_for_the_same_job(tmp_pa
     assert [r["seed"] for r in find_results([pub])] == [1]  # compare reads published records
 
 
+def test_a_result_trained_in_another_precision_is_not_skipped(tmp_path, monkeypatch):
+    """A bf16 result published on a CPU with native bf16 is another job on a CPU that trains in fp32."""
+    from alignlab.publish import publish, published
+    from alignlab.utils.precision import cpu_precision
+
+    args = ["method=dpo", "seed=1", f"publish.dir={tmp_path / 'pub'}", f"paths.output_dir={tmp_path}"]
+    monkeypatch.setenv("ALIGNLAB_CPU_PRECISION", "bf16-mixed")
+    cpu_precision.cache_clear()
+    try:
+        publish(compose(args, "pipeline"), {"method": "dpo", "seed": 1, "eval": {"gold_reward": 0.3}})
+        assert published(compose(args, "pipeline")) is not None
+        monkeypatch.setenv("ALIGNLAB_CPU_PRECISION", "32-true")
+        cpu_precision.cache_clear()
+        assert published(compose(args, "pipeline")) is None
+    finally:
+        cpu_precision.cache_clear()
+
+
 def test_every_stage_that_runs_leaves_a_wandb_run_with_its_curves_and_config(tmp_path):
     from alignlab.loggers import offline_runs
 
