@@ -107,3 +107,16 @@ def test_report_table_verdict_examples_and_plots(tmp_path, capsys):
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_report_names_where_runs_trained_and_flags_mixed_precision():
+    from alignlab.compare import provenance
+
+    amd = {"cpu": "AMD EPYC", "cores": 2, "gpu": None}
+    same = [{"precision": "32-true", "machine": amd} for _ in range(3)]
+    text = provenance(same)
+    assert "32-true" in text and "AMD EPYC, 2 cores" in text and "mix" not in text
+    mixed = [*same, {"precision": "bf16-mixed", "machine": {"cpu": "Intel Xeon", "cores": 2}}]
+    assert "mix precisions" in provenance(mixed)
+    assert "1 run(s) recorded neither" in provenance([*same, {}])
+    assert provenance([{}, {}]) == ""  # old records: nothing claimed

@@ -244,6 +244,26 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
 
 
+def provenance(results: list[dict]) -> str:
+    """Where the runs trained and in what precision (records made before these fields: not stated); a
+    comparison whose runs mix precisions or machines says so, since that is a difference beside the method."""
+    precisions = sorted({r["precision"] for r in results if r.get("precision")})
+    machines = sorted({
+        ", ".join(str(x) for x in (m.get("cpu"), f"{m.get('cores')} cores", m.get("gpu")) if x)
+        for m in (r.get("machine") for r in results) if m
+    })  # fmt: skip
+    if not precisions and not machines:
+        return ""
+    unknown = sum(1 for r in results if not r.get("precision"))
+    text = f"Trained in {' and '.join(precisions) or 'an unrecorded precision'} on {'; '.join(machines) or 'an unrecorded machine'}"
+    if unknown:
+        text += f" ({unknown} run(s) recorded neither)"
+    text += "."
+    if len(precisions) > 1 or len(machines) > 1:
+        text += " **The runs mix precisions or machines: that difference lies beside the methods'.**"
+    return text
+
+
 def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
     from alignlab.compare_plots import curves_plot, frontier_plot
 
@@ -272,6 +292,7 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
         "from the base policy, 95% bootstrap CI (over seeds, then prompts); **↑**/**↓** mark CIs that exclude "
         "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
         "the Monte-Carlo sequence-level estimate against the reference policy.", "",
+        *([provenance(results), ""] if provenance(results) else []),
         "## Verdict", "", verdict(rows, pairs), "", tab, "",
     ]  # fmt: skip
     if base:
