@@ -80,8 +80,12 @@ compare: $(STAMP)
 # as it lands; rerunning skips the jobs already in docs/results/standard/runs. About two hours here.
 # fp32 on every machine (ALIGNLAB_CPU_PRECISION), so a run continued on a CPU with bf16 matches the rest.
 STANDARD_ENV := OMP_NUM_THREADS=1 ALIGNLAB_CPU_PRECISION=32-true
+# Five methods x 3 seeds first, then RLHF-PPO's 3 seeds (the costliest), then the frontier: a run that is
+# cut short holds whole methods, and the next make standard continues where it stopped.
+STANDARD_FIRST := rlaif_rloo,rloo,direct_rlaif_rloo,dpo,rlaif_dpo
 standard: $(STAMP)
-	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=$(STANDARD_FIRST)
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rlhf
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=dpo variant.algo.beta=0.03,0.3 seed=0
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rloo variant.algo.kl_coef=0.01,0.2 seed=0
 	$(BIN)/python -m alignlab.compare docs/results/standard/runs --out docs/results/standard
@@ -97,7 +101,13 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench.py --size tiny --scaling
 	$(BIN)/python scripts/bench.py --size smollm2 --cases dpo,reward --repeats 2 --warmup-runs 0
 	$(BIN)/python scripts/bench.py --size smollm2 --cases rl --repeats 5 --warmup-runs 0
+	$(BIN)/python scripts/bench.py --size smollm2 --cases dpo,reward --repeats 2 --warmup-runs 0 --precision bf16
 	$(BIN)/python scripts/bench_rollout.py
+	@if [ -x "$${ALIGNLAB_VLLM_PYTHON:-$(VLLM_VENV)/bin/python}" ]; then \
+		echo "$(BIN)/python scripts/bench_vllm.py"; $(BIN)/python scripts/bench_vllm.py; \
+	else \
+		echo "bench: scripts/bench_vllm.py skipped: no $(VLLM_VENV) (make vllm builds it, or set ALIGNLAB_VLLM_PYTHON)"; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) outputs multirun .pytest_cache

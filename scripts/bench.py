@@ -331,6 +331,16 @@ def machine() -> dict:
     }
 
 
+def bf16_runs_natively() -> bool:
+    """Whether the workers' device computes bf16 natively: a CUDA GPU (they pick it when present), or a
+    CPU with AVX512-BF16 / AMX (``alignlab.utils.precision.cpu_has_bf16``)."""
+    import torch
+
+    from alignlab.utils.precision import cpu_has_bf16
+
+    return torch.cuda.is_available() or cpu_has_bf16()
+
+
 def versions() -> dict:
     from importlib.metadata import version
 
@@ -422,14 +432,22 @@ def merge(path: Path, size: str, rows: list[dict] | None, meta: dict | None, sca
     return doc
 
 
+# Sections of results.md that this script does not generate, kept across regenerations in this order after
+# the generated tables: the bf16 / fp32 measurements (written by hand, from bench/bf16*.json and the runs
+# they cite) and scripts/bench_vllm.py's section (which it rewrites at the end of the file).
+KEPT_SECTIONS = ("\n## bf16 / fp32 per stage (alignlab)", "\n## vLLM rollout engine")
+
+
 def write_outputs(out_dir: Path, doc: dict) -> None:
     from alignlab.utils.io import write_json, write_text
 
     write_json(out_dir / "results.json", doc)
     md, previous = markdown(doc), out_dir / "results.md"
-    section = "\n## vLLM rollout engine"  # scripts/bench_vllm.py's section: kept across regenerations
-    if previous.exists() and section in previous.read_text():
-        md = md.rstrip("\n") + "\n" + section + previous.read_text().split(section, 1)[1]
+    if previous.exists():  # the sections not generated from results.json: kept, from the first one on
+        text = previous.read_text()
+        starts = [text.index(s) for s in KEPT_SECTIONS if s in text]
+        if starts:
+            md = md.rstrip("\n") + "\n" + text[min(starts) :]
     write_text(out_dir / "results.md", md)
 
 
@@ -466,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
         doc = merge(out_dir / "results.json", args.size, None, None, scaling)
         write_outputs(out_dir, doc)
         print(markdown(doc))
+        return 0
+    if args.precision == "bf16" and not bf16_runs_natively():
+        print(
+            f"[bench] skipped ({command}): this CPU has no native bf16 (avx512_bf16 / amx_bf16), so bf16 "
+            "would run many times slower than fp32 and measure the emulation, not alignlab"
+        )
         return 0
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(FRAMEWORKS))
