@@ -280,6 +280,7 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
     frontier_plot(results, out_dir / "frontier.png")
     curves = curves_plot(results, out_dir / "curves.png")
     base = next((r["base_eval"] for r in results if r.get("base_eval")), None)
+    where = provenance(results)
     size = ""
     if base:
         seeds = sorted({r.get("seed") for r in results})
@@ -292,7 +293,7 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
         "from the base policy, 95% bootstrap CI (over seeds, then prompts); **↑**/**↓** mark CIs that exclude "
         "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
         "the Monte-Carlo sequence-level estimate against the reference policy.", "",
-        *([provenance(results), ""] if provenance(results) else []),
+        *([where, ""] if where else []),
         "## Verdict", "", verdict(rows, pairs), "", tab, "",
     ]  # fmt: skip
     if base:
