@@ -4,6 +4,7 @@ verdict made from them, and readable plots."""
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ BASE = np.random.default_rng(0).normal(0.1, 0.3, N)
 def _run(root, method, seed, shift, kl, noise=0.05, variant=None, labeller="gold"):
     d = root / (method + json.dumps(variant or {}).replace('"', "")) / str(seed)
     d.mkdir(parents=True)
-    rng = np.random.default_rng(1000 + seed + hash(method) % 1000)
+    # zlib.crc32, not hash(): hash() of a str changes with PYTHONHASHSEED, and so would the noise
+    rng = np.random.default_rng(1000 + seed + zlib.crc32(method.encode()) % 1000)
     per = BASE + shift + rng.normal(0, noise, N)
     gold = float(per.mean())
     ev = {"gold_reward": gold, "gold_reward_ci_low": gold - 0.1, "gold_reward_ci_high": gold + 0.1, "kl": kl,
@@ -120,3 +122,65 @@ def test_report_names_where_runs_trained_and_flags_mixed_precision():
     assert "mix precisions" in provenance(mixed)
     assert "1 run(s) recorded neither" in provenance([*same, {}])
     assert provenance([{}, {}]) == ""  # old records: nothing claimed
+
+
+def test_sweep_points_are_the_frontier_not_methods_of_the_holm_family(tmp_path):
+    """A method rerun with one setting changed (``variant``) is reported beside the method at its own
+    setting, on the same seeds, and kept out of the between-method tests: with three methods and two sweep
+    points the Holm family is the three methods' three pairs, not the ten pairs of five rows."""
+    from alignlab.compare import find_results, frontier_rows, split_sweeps
+
+    for seed in (0, 1):
+        _run(tmp_path, "dpo", seed, 0.3, 4.0)
+        _run(tmp_path, "rloo", seed, 0.2, 6.0)
+    _run(tmp_path, "ppo", 0, 0.1, 3.0)
+    _run(tmp_path, "dpo", 0, 0.45, 9.0, variant={"algo.beta": 0.03})
+    _run(tmp_path, "dpo", 0, 0.1, 1.0, variant={"algo.beta": 0.3})
+    _run(tmp_path, "kto", 0, 0.2, 2.0, variant={"algo.beta": 0.5})  # a variant alone: a method of its own
+    methods, sweep = split_sweeps(summarise(find_results([tmp_path])))
+    assert sorted(m["method"] for m in methods) == ["dpo", "kto (algo.beta=0.5)", "ppo", "rloo"]
+    assert sorted(s["method"] for s in sweep) == ["dpo (algo.beta=0.03)", "dpo (algo.beta=0.3)"]
+    assert len(pairwise(methods)) == 6
+    front = frontier_rows(methods, sweep)
+    assert [(f["method"], f["setting"], f["seeds"]) for f in front] == [
+        ("dpo", "its own", 1),
+        ("dpo", "beta=0.03", 1),
+        ("dpo", "beta=0.3", 1),
+    ]
+    own, low, high = front
+    assert own["gain"]["mean"] == pytest.approx(0.3, abs=0.03)  # seed 0 only: the sweep's seed
+    assert own["kl"][0] == pytest.approx(4.0)
+    # the paired difference from the own setting on the same seed and prompts
+    assert low["vs_own"]["mean"] == pytest.approx(0.15, abs=0.03) and low["vs_own"]["ci_low"] > 0
+    assert high["vs_own"]["mean"] == pytest.approx(-0.2, abs=0.03) and high["vs_own"]["ci_high"] < 0
+    report, _ = write_report([tmp_path], tmp_path / "report")
+    text = report.read_text()
+    assert "5 methods" not in text and "4 methods and 2 sweep point(s)" in text
+    assert "## Frontier" in text and "| dpo | beta=0.03 | 1 |" in text
+    between = text.split("## Between methods")[1].split("##")[0]
+    assert "beta=0.03" not in between and "| dpo | ppo | 1 |" in between  # seeds matched: ppo has seed 0
+
+
+def test_verdict_says_when_pairs_rest_on_one_seed(tmp_path):
+    from alignlab.compare import find_results
+
+    for m, shift in (("a", 0.0), ("b", 0.3)):
+        _run(tmp_path, m, 0, shift, 1.0)
+    rows = summarise(find_results([tmp_path]))
+    assert "Every pair rest(s) on one training seed" in verdict(rows, pairwise(rows))
+    _run(tmp_path, "a", 1, 0.0, 1.0)
+    _run(tmp_path, "b", 1, 0.3, 1.0)
+    rows = summarise(find_results([tmp_path]))
+    assert "one training seed" not in verdict(rows, pairwise(rows))
+
+
+def test_frontier_line_runs_through_the_sweep_seed_in_order_of_kl():
+    from alignlab.compare_plots import sweep_lines
+
+    def rec(seed, kl, gold, variant=None):
+        return {"seed": seed, "variant": variant or {}, "eval": {"kl": kl, "gold_reward": gold}}
+
+    runs = [rec(0, 7.5, 0.56), rec(1, 8.5, 0.52), rec(2, 7.6, 0.56),  # the own setting, 3 seeds
+            rec(0, 12.2, 0.65, {"algo.beta": 0.03}), rec(0, 2.7, 0.36, {"algo.beta": 0.3})]  # fmt: skip
+    assert sweep_lines(runs) == {0: [(2.7, 0.36, "0.3"), (7.5, 0.56, "own"), (12.2, 0.65, "0.03")]}
+    assert sweep_lines(runs[:3]) == {}  # seeds of one setting are not a sweep

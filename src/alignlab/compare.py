@@ -120,6 +120,51 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
+def split_sweeps(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The comparison's methods, and the sweep points: rows with a variant (``variant.algo.beta=0.3``) of a
+    method that also ran at its own settings. Those are the frontier, reported apart and kept out of the
+    between-method tests (a sweep point is the same method again, usually on one seed). A variant whose
+    method has no row of its own is a method of the comparison."""
+    own = {r["base_method"] for r in rows if not r.get("variant")}
+    sweep = [r for r in rows if r.get("variant") and r["base_method"] in own]
+    return [r for r in rows if r not in sweep], sweep
+
+
+def frontier_rows(methods: list[dict], sweep: list[dict]) -> list[dict]:
+    """Per swept method: its own setting on the seeds the sweep ran, then each sweep point, with the paired
+    difference from the own setting on the same seeds and prompts (unadjusted: these are not verdicts)."""
+    out = []
+    for m in methods:
+        points = [s for s in sweep if s["base_method"] == m["base_method"]]
+        if not points:
+            continue
+        seeds = {r.get("seed") for p in points for r in p["runs"]}
+        own_runs = [r for r in m["runs"] if r.get("seed") in seeds]
+        d = paired_matrix(own_runs, "gold_reward")
+        kl = mean_ci([r["eval"].get("kl") for r in own_runs],
+                     [(r["eval"].get("kl_ci_low"), r["eval"].get("kl_ci_high")) for r in own_runs])  # fmt: skip
+        out.append({"method": m["base_method"], "setting": "its own", "seeds": len(own_runs),
+                    "gain": None if d is None else paired_gain(d), "kl": kl, "vs_own": None})  # fmt: skip
+        against = {r.get("seed"): r for r in own_runs}
+        for p in points:
+            d_own = paired_matrix(p["runs"], "gold_reward", against=against)
+            setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p["variant"].items()))
+            out.append({"method": m["base_method"], "setting": setting, "seeds": p["seeds"], "gain": p.get("gain"),
+                        "kl": p["kl"], "vs_own": None if d_own is None else paired_gain(d_own)})  # fmt: skip
+    return out
+
+
+def frontier_table(frontier: list[dict]) -> str:
+    lines = ["| method | setting | seeds | paired gain over base [95% CI] | KL to ref | − its own setting, "
+             "same seeds [95% CI] | p (unadjusted) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for f in frontier:
+        vs = f["vs_own"]
+        diff, p = ("—", "—") if vs is None else (_ci(vs), f"{vs['p']:.3f}")
+        lines.append(f"| {f['method']} | {f['setting']} | {f['seeds']} | {_ci(f['gain'])} | {_fmt(f['kl'])} | "
+                     f"{diff} | {p} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def pairwise(rows: list[dict]) -> list[dict]:
     """The paired difference in gold reward of every pair of rows (matched seeds, same prompts), with
     Holm-adjusted p-values over all pairs."""
@@ -169,10 +214,14 @@ def table(rows: list[dict]) -> str:
 
 
 def pairwise_table(pairs: list[dict]) -> str:
-    lines = ["| A | B | A − B gold reward [95% CI] | p | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| A | B | seeds | A − B gold reward [95% CI] | p | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in sorted(pairs, key=lambda p: p["p_holm"]):
         verdict = ("A > B" if p["mean"] > 0 else "B > A") if p["p_holm"] < ALPHA else "not significant"
-        lines.append(f"| {p['a']} | {p['b']} | {_ci(p)} | {p['p']:.3f} | {p['p_holm']:.3f} | {verdict} |")
+        lines.append(f"| {p['a']} | {p['b']} | {p.get('seeds', '')} | {_ci(p)} | {p['p']:.3f} | {p['p_holm']:.3f} | "
+                     f"{verdict} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -199,6 +248,10 @@ def verdict(rows: list[dict], pairs: list[dict]) -> str:
         out.append(
             f"No difference between two methods is significant after Holm's correction ({len(pairs)} pairs). "
         )
+    single = [p for p in pairs if p.get("seeds") == 1]
+    if single:
+        out.append(f"{'Every pair' if len(single) == len(pairs) else f'{len(single)} of the pairs'} rest(s) on one "
+                   "training seed: those CIs cover the held-out prompts, not the spread between training runs. ")  # fmt: skip
     over = [r["method"] for r in rows if r.get("gain") and r.get("second_gain") and r["gain"]["ci_low"] > 0
             and r["second_gain"]["ci_high"] < r["gain"]["ci_low"] / 2]  # fmt: skip
     if over:
@@ -273,8 +326,9 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
             f"no finished runs (result.json) under {', '.join(map(str, roots))}; run the pipeline first "
             "(make compare, or python -m alignlab.pipeline method=dpo)"
         )
-    rows = summarise(results)
+    rows, sweep = split_sweeps(summarise(results))
     pairs = pairwise([r for r in rows if r.get("gain")])
+    frontier = frontier_rows(rows, sweep)
     tab = table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     frontier_plot(results, out_dir / "frontier.png")
@@ -288,7 +342,7 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
                 f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})")  # fmt: skip
     parts = [
         "# alignlab comparison report", "",
-        f"{len(results)} runs, {len(rows)} methods; {size}. Every policy, the base included, is evaluated on "
+        f"{len(results)} runs, {len(rows)} methods{f' and {len(sweep)} sweep point(s)' if sweep else ''}; {size}. Every policy, the base included, is evaluated on "
         "the same held-out prompts with the same sampling seeds. **Paired gain** = mean per-prompt difference "
         "from the base policy, 95% bootstrap CI (over seeds, then prompts); **↑**/**↓** mark CIs that exclude "
         "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
@@ -302,6 +356,13 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
     if pairs:
         parts += ["## Between methods", "", "Paired differences on the same prompts and seeds; p-values from the "
                   "bootstrap, Holm-adjusted over all pairs.", "", pairwise_table(pairs), ""]  # fmt: skip
+    if frontier:
+        parts += ["## Frontier: each method over its swept setting", "", "The sweep points (a method rerun "
+                  "with one setting changed) beside the method at its own setting on the same seeds. Outside "
+                  "the between-method tests above; on one seed a CI covers the held-out prompts, not the "
+                  "spread between training runs, which the main table's seeds show is large for online RL. "
+                  "Read them as the shape of each method's reward-KL trade, not as verdicts.", "",
+                  frontier_table(frontier), ""]  # fmt: skip
     parts += ["## Reward vs KL", "", "![reward vs KL](frontier.png)", ""]
     if curves:
         parts += ["## Training curves", "", "![training curves](curves.png)", ""]

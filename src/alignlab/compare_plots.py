@@ -34,9 +34,25 @@ def _sweep_value(r: dict) -> float:
     )
 
 
+def sweep_lines(rs: list[dict]) -> dict:
+    """The frontier line(s) of one method: per seed that a sweep point (a run with a variant) ran on, that
+    seed's runs, the method's own setting included, as (kl, gold reward, text) in order of KL. Other seeds'
+    runs of the own setting are points, not on a line (they are not the sweep). Empty: no sweep."""
+    if len({_sweep_value(r) for r in rs}) < 2 or not any(r.get("variant") for r in rs):
+        return {}
+    lines = {}
+    for seed in sorted({r.get("seed") or 0 for r in rs if r.get("variant")}):
+        pts = [((r["eval"].get("kl") or 0.0), r["eval"]["gold_reward"],
+                ", ".join(str(v) for v in (r.get("variant") or {}).values()) or "own")
+               for r in rs if (r.get("seed") or 0) == seed]  # fmt: skip
+        lines[seed] = sorted(pts)
+    return lines
+
+
 def frontier_plot(results: list[dict], path: Path) -> Path:
-    """Gold reward against KL, one point per run with its 95% CIs; the points of one method's sweep (a
-    beta or KL-coefficient variant) joined in the order of the swept value, as in the DPO paper's Fig. 2."""
+    """Gold reward against KL, one point per run with its 95% CIs; a method's sweep (a beta or
+    KL-coefficient variant) joined in order of KL through the runs of the seed it ran on, the method's own
+    setting included ("own"), as in the DPO paper's Fig. 2."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     by_method: dict[str, list[dict]] = defaultdict(list)
@@ -44,20 +60,20 @@ def frontier_plot(results: list[dict], path: Path) -> Path:
         by_method[r["method"]].append(r)
     colours = plt.get_cmap("tab10")
     for i, (method, rs) in enumerate(sorted(by_method.items())):
-        rs = sorted(rs, key=lambda r: (_sweep_value(r), r.get("seed") or 0))
         xs = [r["eval"].get("kl") or 0.0 for r in rs]
         ys = [r["eval"]["gold_reward"] for r in rs]
         yerr = [[y - (r["eval"].get("gold_reward_ci_low") or y) for y, r in zip(ys, rs)],
                 [(r["eval"].get("gold_reward_ci_high") or y) - y for y, r in zip(ys, rs)]]  # fmt: skip
         xerr = [[max(0.0, x - (r["eval"].get("kl_ci_low") or x)) for x, r in zip(xs, rs)],
                 [max(0.0, (r["eval"].get("kl_ci_high") or x) - x) for x, r in zip(xs, rs)]]  # fmt: skip
-        swept = len({_sweep_value(r) for r in rs}) > 1
-        ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, fmt="o-" if swept else "o", color=colours(i % 10),
-                    label=method + (" (sweep)" if swept else ""), capsize=3, alpha=0.85)  # fmt: skip
-        if swept:
-            for x, y, r in zip(xs, ys, rs):
-                ax.annotate(", ".join(f"{v}" for v in (r.get("variant") or {}).values()), (x, y), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        lines = sweep_lines(rs)
+        seeds = ", ".join(map(str, lines))
+        ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, fmt="o", color=colours(i % 10), capsize=3, alpha=0.85,
+                    label=method + (f" (sweep: line through seed {seeds})" if lines else ""))  # fmt: skip
+        for pts in lines.values():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=colours(i % 10), alpha=0.85)
+            for x, y, text in pts:
+                ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     base = next((r["base_eval"] for r in results if r.get("base_eval")), None)
     if base:
         ax.axhline(base["gold_reward"], color="grey", linestyle="--", linewidth=1, label="base policy")
