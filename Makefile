@@ -77,7 +77,8 @@ compare: $(STAMP)
 
 # The published comparison (docs/results/standard/): 6 methods x 3 seeds, then the frontier (DPO over beta,
 # RLOO over the KL coefficient, one seed), two jobs at once. Each finished job's result file is committed
-# as it lands; rerunning skips the jobs already in docs/results/standard/runs. About two hours here.
+# as it lands; rerunning skips the jobs already in docs/results/standard/runs. Est. ~1.6 h (Intel Xeon) to
+# ~3.5 h (AMD EPYC) on 2 cores, measured stage rates in docs/results/standard/README.md.
 # fp32 on every machine (ALIGNLAB_CPU_PRECISION), so a run continued on a CPU with bf16 matches the rest.
 STANDARD_ENV := OMP_NUM_THREADS=1 ALIGNLAB_CPU_PRECISION=32-true
 # Five methods x 3 seeds first, then RLHF-PPO's 3 seeds (the costliest), then the frontier: a run that is
