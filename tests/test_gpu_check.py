@@ -19,6 +19,7 @@ from conftest import REPO, app_env, compose
 
 sys.path.insert(0, str(REPO / "scripts"))
 import gpu_check
+import gpu_check_procs  # stages and vllm: patched where they are looked up
 
 
 def test_shell_script_parses():
@@ -179,7 +180,7 @@ def test_a_stage_that_runs_out_of_time_is_fail_and_the_next_stage_runs(monkeypat
     (tmp_path / "gpu_check_quick.py").write_text("print('done')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     stages = [(n, [sys.executable, "-m", f"gpu_check_{n}"]) for n in ("hang", "quick")]
-    monkeypatch.setattr(gpu_check, "stage_commands", lambda *a: stages)
+    monkeypatch.setattr(gpu_check_procs, "stage_commands", lambda *a: stages)
     t = time.monotonic()
     # generous limits: a loaded machine can take seconds to start a python
     r = gpu_check.check_stages("tiny", "cpu", tmp_path, budget_s=300, stage_cap_s=30)
@@ -217,7 +218,7 @@ def test_a_section_that_runs_out_of_time_is_fail_and_the_others_still_run(monkey
 def test_vllm_that_does_not_start_is_skip_and_the_verdict_is_not_pass(monkeypatch, tmp_path, capsys):
     stub_sections(monkeypatch, {"mask": "pass", "throughput": "pass", "stages": "pass"})
     server_died = "import sys; print('VLLMError: the vLLM server exited with code 1:'); sys.exit(1)"
-    monkeypatch.setattr(gpu_check, "vllm_command", lambda *a: [sys.executable, "-c", server_died])
+    monkeypatch.setattr(gpu_check_procs, "vllm_command", lambda *a: [sys.executable, "-c", server_died])
     args = [
         "all",
         "--device",
@@ -238,13 +239,17 @@ def test_vllm_that_does_not_start_is_skip_and_the_verdict_is_not_pass(monkeypatc
 
 
 def test_vllm_is_skip_when_it_cannot_be_installed(monkeypatch, tmp_path):
-    monkeypatch.setattr(gpu_check, "pypi_reachable", lambda *a: False)
-    monkeypatch.setattr(gpu_check, "run_limited", lambda *a, **k: pytest.fail("nothing runs without vLLM"))
+    monkeypatch.setattr(gpu_check_procs, "pypi_reachable", lambda *a: False)
+    monkeypatch.setattr(
+        gpu_check_procs, "run_limited", lambda *a, **k: pytest.fail("nothing runs without vLLM")
+    )
     r = gpu_check.check_vllm("smollm2_135m", "cuda", tmp_path, None, venv=str(tmp_path / "venv"))
     assert r["status"] == "SKIP" and "package index is unreachable" in r["reason"]
     # an install that fails leaves no venv behind that a later run would take for an installed one
-    monkeypatch.setattr(gpu_check, "pypi_reachable", lambda *a: True)
-    monkeypatch.setattr(gpu_check, "run_limited", lambda *a, **k: (tmp_path / "venv").mkdir() or (1, 0.0))
+    monkeypatch.setattr(gpu_check_procs, "pypi_reachable", lambda *a: True)
+    monkeypatch.setattr(
+        gpu_check_procs, "run_limited", lambda *a, **k: (tmp_path / "venv").mkdir() or (1, 0.0)
+    )
     r = gpu_check.check_vllm("smollm2_135m", "cuda", tmp_path, None, venv=str(tmp_path / "venv"))
     assert r["status"] == "SKIP" and "failed (exit code 1)" in r["reason"]
     assert not (tmp_path / "venv").exists()
