@@ -76,12 +76,13 @@ compare: $(STAMP)
 	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
 
 # The published comparison (docs/results/standard/): 6 methods x 3 seeds, then the frontier (DPO over beta,
-# RLOO over the KL coefficient, one seed), two jobs at once. Each finished job's result file is committed
+# RLOO over the KL coefficient, one seed), then PPO with 4 epochs per rollout batch (the rlhf arm at the
+# usual PPO setting, 3 seeds), two jobs at once. Each finished job's result file is committed
 # as it lands; rerunning skips the jobs already in docs/results/standard/runs. Est. ~1.6 h (Intel Xeon) to
 # ~3.5 h (AMD EPYC) on 2 cores, measured stage rates in docs/results/standard/README.md.
 # fp32 on every machine (ALIGNLAB_CPU_PRECISION), so a run continued on a CPU with bf16 matches the rest.
 STANDARD_ENV := OMP_NUM_THREADS=1 ALIGNLAB_CPU_PRECISION=32-true
-# Five methods x 3 seeds first, then RLHF-PPO's 3 seeds (the costliest), then the frontier: a run that is
+# Five methods x 3 seeds first, then RLHF-PPO's 3 seeds (the costliest), then the sweeps: a run that is
 # cut short holds whole methods, and the next make standard continues where it stopped.
 STANDARD_FIRST := rlaif_rloo,rloo,direct_rlaif_rloo,dpo,rlaif_dpo
 standard: $(STAMP)
@@ -89,6 +90,7 @@ standard: $(STAMP)
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rlhf
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=dpo variant.algo.beta=0.03,0.3 seed=0
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rloo variant.algo.kl_coef=0.01,0.2 seed=0
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rlhf +variant.algo.ppo_epochs=4 seed=0,1,2
 	$(BIN)/python -m alignlab.compare docs/results/standard/runs --out docs/results/standard
 
 compare-full: $(STAMP)
