@@ -35,11 +35,20 @@ def _env(precision: str) -> dict:
     return env
 
 
+def _pipeline(precision: str, root: Path, *extra: str) -> list[str]:
+    """The quick comparison's command (seed 0) writing under ``root/stages-<precision>``."""
+    return [sys.executable, "-m", "alignlab.pipeline", "--multirun", "comparison=quick", "seed=0", *extra,
+            f"paths.log_dir={root / f'stages-{precision}'}"]  # fmt: skip
+
+
+def _show(precision: str, cmd: list[str]) -> None:
+    print("+", f"ALIGNLAB_CPU_PRECISION={precision}", " ".join(cmd[1:]), flush=True)
+
+
 def run(precision: str, root: Path) -> float:
     """make compare in ``precision``; its wall seconds."""
-    cmd = [sys.executable, "-m", "alignlab.pipeline", "--multirun", "comparison=quick", "seed=0",
-           f"paths.log_dir={root / f'stages-{precision}'}"]  # fmt: skip
-    print("+", f"ALIGNLAB_CPU_PRECISION={precision}", " ".join(cmd[1:]), flush=True)
+    cmd = _pipeline(precision, root)
+    _show(precision, cmd)
     start = time.perf_counter()
     subprocess.run(cmd, env=_env(precision), cwd=REPO, check=True)
     return time.perf_counter() - start
@@ -49,7 +58,7 @@ def run_side_by_side(cmds: dict[str, list[str]]) -> dict[str, float]:
     """One command per precision, both at once (one thread each, so both see the same load): wall seconds."""
     start, procs, out = time.perf_counter(), {}, {}
     for precision, cmd in cmds.items():
-        print("+", f"ALIGNLAB_CPU_PRECISION={precision}", " ".join(cmd[1:]), flush=True)
+        _show(precision, cmd)
         procs[precision] = subprocess.Popen(cmd, env=_env(precision), cwd=REPO, stdout=subprocess.DEVNULL)
     for precision, proc in procs.items():
         if proc.wait() != 0:
@@ -62,9 +71,7 @@ def extra_stages(root: Path, sft_rounds: int = 2) -> dict[str, list[float]]:
     """Stages make compare's five methods lack, both precisions side by side: PPO (``method=rlhf``: its
     reward model is the rloo run's, cached) and an SFT run (``experiment=sft_smollm2``, 40 steps; the
     process's wall time, model load included), ``sft_rounds`` times. Appends PPO to each run's results."""
-    ppo = {p: [sys.executable, "-m", "alignlab.pipeline", "--multirun", "comparison=quick", "seed=0", "method=rlhf",
-               "hydra.launcher.n_jobs=1", f"paths.log_dir={root / f'stages-{p}'}"] for p in PRECISIONS}  # fmt: skip
-    run_side_by_side(ppo)
+    run_side_by_side({p: _pipeline(p, root, "method=rlhf", "hydra.launcher.n_jobs=1") for p in PRECISIONS})
     sft: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for r in range(sft_rounds):
         cmds = {p: [sys.executable, "-m", "alignlab.train", "experiment=sft_smollm2", f"trainer.precision={p}",
