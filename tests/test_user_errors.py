@@ -32,6 +32,7 @@ class Case:
     args: str  # the command's overrides; {dir} is a scratch directory with the files below
     expect: str  # a fragment of the one line the user reads
     guard: str = "load"  # what must not run before the error: "load" (any model) or "weights"
+    env: str = ""  # NAME=value set for the command (shown in front of it)
 
 
 MATRIX = [
@@ -66,6 +67,13 @@ MATRIX = [
     Case("judge-down", "a judge server that is not running", "label",
          f"task=sentiment_toy model=tiny judge=openai_compatible judge.model=m judge.base_url={REFUSED}",
          f"judge server {REFUSED} is unreachable"),
+    Case("offline-hub-id", "a hub id that is not cached, offline", "train",
+         "experiment=sft_tiny model=hf model.name_or_path=alignlab-test/not-cached",
+         "is not in the local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE is set): "
+         "use a local directory or model=smollm2_135m", guard="weights", env="HF_HUB_OFFLINE=1"),
+    Case("no-chat-template", "use_chat_template=true with a model that has no chat template", "train",
+         "experiment=sft_tiny data.use_chat_template=true",
+         "data.use_chat_template=true but the tokenizer of 'model=tiny' has no chat template"),
 ]  # fmt: skip
 
 
@@ -122,6 +130,8 @@ def user_line(case: Case, tmp_path: Path, monkeypatch) -> str:
     """Run one case; assert exit 2, no traceback, one line; return that line with the scratch dir as <dir>."""
     _files(tmp_path)
     _guard(monkeypatch, case.guard)
+    if case.env:
+        monkeypatch.setenv(*case.env.split("=", 1))
     args = case.args.format(dir=tmp_path).split()
     code, out, err = run_app(case.app, args, tmp_path / "run")
     text = out + err
@@ -175,7 +185,7 @@ def render(lines: dict[str, str]) -> str:
         "|---|---|---|",
     ]
     for c in MATRIX:
-        cmd = f"python -m alignlab.{c.app} {c.args.format(dir='<dir>')}"
+        cmd = f"{c.env} python -m alignlab.{c.app} {c.args.format(dir='<dir>')}".strip()
         out.append(f"| {c.mistake} | `{cmd}` | `{lines[c.id]}` |")
     return "\n".join(out) + "\n"
 

@@ -164,16 +164,135 @@ def _fold_bias(seq_model, weight, bias: float) -> bool:
     return True
 
 
-def _probe_scores(tok, score_fn) -> list[float]:
-    texts = ["The film was a delight from start to finish.", "Terrible.", "An ordinary, middling day."]
-    batch = [[*tok.encode(t, add_special_tokens=False), tok.eos_token_id] for t in texts]
-    width = max(map(len, batch))
+# prompt/completion boundaries that split the same whether encoded apart (alignlab) or joined (a user)
+PROBE_PAIRS = [
+    ("Movie review:", " The film was a delight from start to finish."),
+    ("", "Terrible."),
+    ("Rate this:\n", "An ordinary, middling day."),
+]
+
+
+def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
+    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
+def standard_texts(tok, fmt, pairs) -> list[str]:
+    """The texts a transformers user passes to ``tokenizer(texts)``: the prompt as the reward model saw it
+    (rendered by the chat template when it was trained with one), then the completion."""
+    if not fmt.chat:
+        return [p + c for p, c in pairs]
+    render = tok.apply_chat_template
+    return [
+        render(_messages(p, fmt.system_prompt), add_generation_prompt=True, tokenize=False) + c
+        for p, c in pairs
+    ]
+
+
+def _alignlab_ids(fmt, pairs) -> list[list[int]]:
+    """How alignlab encodes each (prompt, completion) it scores: prompt (BOS as the tokenizer adds it),
+    completion, EOS."""
+    out = []
+    for p, c in pairs:
+        ids = fmt.prompt_ids(p)
+        out.append(ids + fmt.completion_ids(c, len(ids)))
+    return out
+
+
+def _score_on_call(tok, fmt, expected: list[list[int]]) -> bool:
+    """Make ``tok(text)`` give alignlab's ids (``expected``, for ``PROBE_PAIRS``): the tokenizer's BOS
+    where the text does not already start with it (a chat template that writes it), and EOS at the end.
+    False when the tokenizer has no post-processor to set (the card then gives the explicit call)."""
+    from alignlab.data.tokenize import special_affixes
+
+    def matches() -> bool:
+        return [list(x) for x in tok(standard_texts(tok, fmt, PROBE_PAIRS))["input_ids"]] == expected
+
+    if matches():  # ByT5 appends EOS itself
+        return True
+    if getattr(tok, "backend_tokenizer", None) is None or not hasattr(tok, "update_post_processor"):
+        return False
+    prefix = special_affixes(tok)[0]
+    if prefix and prefix != [tok.bos_token_id]:
+        return False
+    bos = bool(prefix)
+    if bos and fmt.chat:  # a template that writes BOS itself: the call must not add a second one
+        text = standard_texts(tok, fmt, [("x", "")])[0]
+        bos = tok.encode(text, add_special_tokens=False)[:1] != prefix
+    tok.add_bos_token, tok.add_eos_token = bos, True  # each setter rewrites the post-processor
+    return matches()
+
+
+def _save_tokenizer(tok, out_dir: Path) -> None:
+    """Save with right padding (as trained and as checked); a padding direction left in the backend's
+    own settings (from a generation call) would override the saved side on load."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+    tok.padding_side = "right"
+    tok.save_pretrained(out_dir)
+
+
+def standard_scores(out_dir: str | Path, texts: list[str]) -> list[float]:
+    """Scores by the standard call: ``model(**tokenizer(texts, padding=True, return_tensors="pt")).logits``,
+    from the export directory alone."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(out_dir).eval()
+    with torch.no_grad():
+        return model(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0].tolist()
+
+
+def _probe_scores(tok, fmt, score_fn) -> list[float]:
     import torch
 
+    batch = _alignlab_ids(fmt, PROBE_PAIRS)
+    width = max(map(len, batch))
     ids = torch.tensor([b + [tok.pad_token_id] * (width - len(b)) for b in batch])
     mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in batch])
     with torch.no_grad():
         return [float(x) for x in score_fn(ids, mask)]
+
+
+def _usage(fmt, standard: bool) -> str:
+    """The model card's section on the exact call that reproduces alignlab's scores."""
+    load = [
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "# out_dir: this directory; pairs: [(prompt, completion), ...]",
+        "tok = AutoTokenizer.from_pretrained(out_dir)",
+        "model = AutoModelForSequenceClassification.from_pretrained(out_dir)",
+    ]
+    if fmt.chat:
+        sys_msg = f"{{'role': 'system', 'content': {fmt.system_prompt!r}}}, " if fmt.system_prompt else ""
+        load.append(
+            f"texts = [tok.apply_chat_template([{sys_msg}{{'role': 'user', 'content': p}}], "
+            "add_generation_prompt=True, tokenize=False) + c for p, c in pairs]"
+        )
+    else:
+        load.append("texts = [p + c for p, c in pairs]  # prompt, then completion, as plain text")
+    if standard:
+        load += ['scores = model(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0]', "```"]
+        how = (
+            "The standard call gives alignlab's scores (the tokenizer adds BOS where alignlab does, and EOS):"
+        )
+    else:
+        load += [
+            "import torch",
+            "from alignlab.data.tokenize import with_prefix  # or put the BOS your tokenizer adds in front",
+            "rows = [with_prefix(tok, tok.encode(t, add_special_tokens=False)) + [tok.eos_token_id] for t in texts]",
+            "inputs = tok.pad({'input_ids': rows}, return_tensors='pt')",
+            "scores = model(**inputs).logits[:, 0]",
+            "```",
+        ]
+        how = "This tokenizer cannot be set to add alignlab's special tokens itself; encode explicitly:"
+    tail = (
+        "alignlab encodes a prompt and its completion apart, so text joined at a space (a prompt ending in "
+        "one) can split differently; end prompts before the space, as the completion starts with it."
+    )
+    return "\n".join(["## How to score", "", how, "", *load, "", tail])
 
 
 def export_reward_model(
@@ -183,13 +302,15 @@ def export_reward_model(
     its tokenizer and model card; checked to give alignlab's scores on probe texts before it is kept."""
     from transformers import AutoModelForSequenceClassification
 
+    from alignlab.data.tokenize import Formatter
     from alignlab.models.heads import load_reward_model, sequence_scores
     from alignlab.models.peft import is_peft
 
     reward_dir, out_dir = Path(reward_dir), Path(out_dir)
     _check_dir(reward_dir)
     model, head, tok, rcfg = load_reward_model(reward_dir, dtype="float32")
-    ours = _probe_scores(tok, lambda i, m: sequence_scores(model, head, i, m))
+    fmt = Formatter(tok, rcfg.get("use_chat_template", "auto"), rcfg.get("system_prompt"), 4096, 8192)
+    ours = _probe_scores(tok, fmt, lambda i, m: sequence_scores(model, head, i, m))
     causal = model.merge_and_unload() if is_peft(model) else model
     base = base_hub_id((rcfg.get("base_model") or {}).get("name_or_path")) or base_hub_id(
         getattr(causal.config, "_name_or_path", None)
@@ -214,7 +335,7 @@ def export_reward_model(
     seq.score.weight.data.copy_(weight.reshape(seq.score.weight.shape))
     folded = bias == 0.0 or _fold_bias(seq, weight, bias)
     seq.eval()
-    theirs = _probe_scores(tok, lambda i, m: seq(input_ids=i, attention_mask=m).logits[:, 0])
+    theirs = _probe_scores(tok, fmt, lambda i, m: seq(input_ids=i, attention_mask=m).logits[:, 0])
     offset = 0.0 if folded else bias
     worst = max(abs(a - (b + offset)) for a, b in zip(ours, theirs))
     if worst > atol:
@@ -229,9 +350,27 @@ def export_reward_model(
         )
         print(f"alignlab-export: note: {note}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
+    seq.config.update(
+        {"alignlab_input_format": {"chat_template": fmt.chat, "system_prompt": fmt.system_prompt}}
+    )
     seq.save_pretrained(out_dir)
-    tok.padding_side = "right"
-    tok.save_pretrained(out_dir)
+    expected = _alignlab_ids(fmt, PROBE_PAIRS)
+    standard = _score_on_call(tok, fmt, expected)
+    _save_tokenizer(tok, out_dir)
+    if standard:  # check the saved tokenizer, as a user loads it, against alignlab's ids and scores
+        from transformers import AutoTokenizer
+
+        saved = AutoTokenizer.from_pretrained(out_dir)
+        texts = standard_texts(saved, fmt, PROBE_PAIRS)
+        standard = [list(x) for x in saved(texts)["input_ids"]] == expected
+        if standard:
+            got = standard_scores(out_dir, texts)
+            worst = max(abs(a - (b + offset)) for a, b in zip(ours, got))
+            if worst > atol:
+                raise ValueError(
+                    f"the exported reward model's standard call differs from alignlab by {worst:.3g}"
+                )
+    note = "\n\n".join(x for x in (note, _usage(fmt, standard)) if x)
     _write_card(out_dir, model_card("reward model", reward_dir, base, evaluation, note))
     return out_dir
 

@@ -125,10 +125,11 @@ class LocalJudge(OptionJudge):
     @torch.no_grad()
     def next_token_logprobs(self, texts: list[str]) -> torch.Tensor:
         """Log-probabilities of the token after each text, (B, V), one left-padded forward pass."""
+        from alignlab.data.tokenize import encode_prompt
         from alignlab.models.generation import left_pad
 
         lm = self.lm()
-        seqs = [lm.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        seqs = [encode_prompt(lm.tokenizer, t) for t in texts]  # BOS as the model's tokenizer adds it
         ids, mask = left_pad(seqs, lm.tokenizer.pad_token_id, self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]  # (B, V)
@@ -137,10 +138,11 @@ class LocalJudge(OptionJudge):
         return torch.log_softmax(logits.float(), dim=-1)
 
     def _rationales(self, texts: list[str]) -> list[str]:
+        from alignlab.data.tokenize import encode_prompt
         from alignlab.models.generation import SamplingConfig, sample
 
         lm = self.lm()
-        ids = [lm.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        ids = [encode_prompt(lm.tokenizer, t) for t in texts]
         gen = sample(lm.model, lm.tokenizer, ids, SamplingConfig(self.cot_max_new_tokens, temperature=0.0))
         self.stats.calls += 1
         self.stats.completion_tokens += int(gen.completion_mask.sum())

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from alignlab.utils.errors import UserError
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -137,6 +139,8 @@ class ModelSpec:
                 f"model.name_or_path={path!r} does not exist. Give a local directory with config.json, "
                 "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
             )
+        else:
+            check_hub_reachable(path, self.revision)
         adapter_cfg = Path(path) / "adapter_config.json"
         kwargs: dict[str, Any] = dict(
             dtype=self.resolved_dtype(), trust_remote_code=self.trust_remote_code, revision=self.revision
@@ -159,11 +163,102 @@ class ModelSpec:
                     path, trust_remote_code=self.trust_remote_code, revision=self.revision
                 )
         except OSError as e:
-            raise OSError(
-                f"could not load model {path!r}: {e}\nOffline? Use a local directory, or the bundled "
-                "default (model=smollm2_135m)."
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"model.name_or_path={path!r} could not be loaded ({first}); "
+                "use a local directory or model=smollm2_135m"
             ) from e
         return model, tok
+
+    def load_tokenizer(self):
+        """The tokenizer alone (no weights), for checks before the model loads; None when getting it would
+        cost a download (the bundled model not converted yet, a hub id not in the local cache)."""
+        if self.source == "tiny":
+            from alignlab.models.tiny import tiny_tokenizer
+
+            return tiny_tokenizer()
+        if self.source == "smollm2_135m":
+            from alignlab.models.bundled import MODEL_DIRNAME, default_cache_dir
+
+            root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+            path = root / "models" / MODEL_DIRNAME
+        else:
+            path = Path(self.name_or_path or "").expanduser()
+        if not (path / "tokenizer_config.json").exists():
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=self.trust_remote_code)
+
+
+class ModelLoadError(UserError, OSError):
+    """A model the user named cannot be loaded (offline hub id, unknown repository, broken directory)."""
+
+
+def hub_offline(timeout_s: float = 2.0) -> str | None:
+    """Why the hub cannot be reached (``HF_HUB_OFFLINE`` set, or no connection to its host within
+    ``timeout_s``), or None when it can. Decided in seconds, not after transformers' minute of retries."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    if getattr(constants, "HF_HUB_OFFLINE", False):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    result: list[str | None] = []
+
+    def probe() -> None:  # in a thread: name resolution ignores socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host} is unreachable: {e}")
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s + 0.5)
+    return result[0] if result else f"{host} did not answer within {timeout_s:.0f} s"
+
+
+def check_hub_reachable(repo_id: str, revision: str | None = None) -> None:
+    """A hub id that is neither in the local Hugging Face cache nor fetchable (offline): one line, now."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repository id: from_pretrained says why
+        return
+    if isinstance(cached, str):
+        return
+    why = hub_offline()
+    if why:
+        raise ModelLoadError(
+            f"model.name_or_path={repo_id!r} is not in the local Hugging Face cache and the hub cannot be "
+            f"reached ({why}): use a local directory or model=smollm2_135m"
+        )
+
+
+def check_chat_template(cfg) -> None:
+    """``data.use_chat_template=true`` or ``task.use_chat_template=true`` with a model whose tokenizer has no
+    chat template: one line, before the model loads (only the tokenizer is read, where that is cheap)."""
+    keys = [k for k in ("data", "task") if (cfg.get(k) or {}).get("use_chat_template") is True]
+    if not keys or not cfg.get("model"):
+        return
+    from hydra.utils import instantiate
+
+    from alignlab.data.tokenize import check_chat_template as check
+
+    spec = instantiate(cfg.model)
+    tok = spec.load_tokenizer()
+    if tok is not None:
+        if not getattr(tok, "name_or_path", ""):
+            tok.name_or_path = f"model={spec.source}"
+        check(tok, True, f"{keys[0]}.use_chat_template")
 
 
 def prepare_tokenizer(tok) -> None:

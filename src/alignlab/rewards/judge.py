@@ -78,6 +78,7 @@ class JudgeScoreReward(RewardFunction):
         """Completions scored so far (cache hits included): the judge cost reported by the pipeline."""
 
     def _score_token_ids(self):
+        # single tokens, not texts: no special tokens (prompts get theirs in LocalJudge.next_token_logprobs)
         tok = self.judge.lm().tokenizer
         single = []
         for s in range(1, 10):
