@@ -48,16 +48,21 @@ def test_methods_compose_into_stage_lists(name, tmp_path):
     cfg = compose([f"method={name}", f"paths.output_dir={tmp_path}"], "pipeline")
     stages = stage_list(cfg)
     names = [n for n, _ in stages]
-    assert "policy" in names and names[-2:] == ["eval_base", "eval"]
+    trains = dict(stages)["eval"]["app"] == "evaluate"  # best-of-n's own evaluation selects, trains nothing
+    assert ("policy" in names) == trains and names[-2:] == ["eval_base", "eval"]
     for i, (stage_name, stage) in enumerate(stages):  # every input is an earlier stage's output
-        assert stage["app"] in ("sample", "label", "train", "evaluate"), stage_name
+        assert stage["app"] in ("sample", "label", "train", "evaluate", "best_of_n"), stage_name
         assert stage.get("budget") is None or stage["budget"] in cfg.profile, stage_name
         for ref in (stage.get("inputs") or {}).values():
             assert ref.split("/")[0] in names[:i], f"{stage_name} reads {ref} before it is made"
+    assert bool(cfg.method.labeller) == ("labels" in names), "a labeller exactly when pairs are labelled"
+    if not trains:
+        assert (dict(stages)["eval"].get("groups") or {}).get("reward@scorer"), "best-of-n names its ranker"
+        return
     policy = dict(stages)["policy"]
     reward = (policy.get("groups") or {}).get("reward@algo.reward")
-    assert bool(cfg.method.labeller) == ("labels" in names), "a labeller exactly when pairs are labelled"
-    assert policy["budget"] == "dpo" or reward, "online RL names its reward"
+    judge = (policy.get("groups") or {}).get("judge@algo.judge")  # online DPO: the judge of each step
+    assert policy["budget"] == "dpo" or reward or judge, "online RL names its reward"
 
 
 @pytest.mark.parametrize("name", COMPARISONS)

@@ -67,7 +67,13 @@ def _run_app(app: str) -> Callable[[DictConfig], dict]:
         rec = run(cfg)
         return {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    apps = {"sample": sample, "label": label, "train": train, "evaluate": evaluate}
+    def best_of_n(cfg):
+        from alignlab.best_of_n import best_of_n as run
+
+        rec = run(cfg)
+        return {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    apps = {"sample": sample, "label": label, "train": train, "evaluate": evaluate, "best_of_n": best_of_n}
     if app not in apps:
         from alignlab.utils.config import ConfigError
 
@@ -200,18 +206,26 @@ class Runner:
 def stage_list(cfg: DictConfig) -> list[tuple[str, dict]]:
     """The method's stages then the shared evaluation stages, as (name, stage) in order; the policy
     stage gets the sweep point (``variant``) and the evaluation stage the profile's win-rate judge."""
-    stages = OmegaConf.to_container(cfg.method.stages, resolve=True)
-    stages.update(OmegaConf.to_container(cfg.evaluation, resolve=True))
+    own = OmegaConf.to_container(cfg.method.stages, resolve=True)
+    shared = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    # a method's stage named like a shared one replaces it (best_of_n's `eval` selects, trains nothing)
+    stages = {k: v for k, v in own.items() if k not in shared}
+    stages.update({k: own.get(k, v) for k, v in shared.items()})
     variant = {
         k: v for k, v in flatten(OmegaConf.to_container(cfg.variant, resolve=True)).items() if v is not None
     }
-    if "policy" not in stages:
+    if "policy" not in stages and ("eval" not in own or variant):
         from alignlab.utils.config import ConfigError
 
         raise ConfigError(
             f"method {cfg.method.name!r} has no `policy` stage (conf/method/{cfg.method.name}.yaml)"
+            + (f" for the sweep point variant {variant}" if variant else "")
         )
-    stages["policy"] = {**stages["policy"], "values": {**(stages["policy"].get("values") or {}), **variant}}
+    if "policy" in stages:
+        stages["policy"] = {
+            **stages["policy"],
+            "values": {**(stages["policy"].get("values") or {}), **variant},
+        }
     if cfg.wandb.enabled and cfg.wandb.get("stages"):  # each training stage's curves in its own wandb run
         for name, stage in stages.items():
             if stage["app"] == "train":
@@ -305,6 +319,15 @@ def run_pipeline(cfg: DictConfig) -> dict:
     }
     out = Path(cfg.paths.output_dir)
     write_json(out / "result.json", record)
+    # an evaluation that measures several policies (best_of_n: each n, and the gold oracle) writes the others
+    # as points/*.json; each becomes a record beside result.json, named like a published one (compare reads it)
+    for path in sorted((runner.dirs["eval"] / "points").glob("*.json")):
+        point = json.loads(path.read_text())
+        tail = "".join(f"-{k}{v}" for k, v in sorted(point["variant"].items()))
+        name = record["method"] + point["suffix"]
+        write_json(out / f"{name}-s{cfg.seed}{tail}.json",
+                   {**record, "method": name, "variant": point["variant"], "eval": point["eval"],
+                    "examples": {**examples, "policy": point.get("examples", [])}})  # fmt: skip
     print(
         f"[pipeline] {cfg.method.name} seed {cfg.seed}: gold reward {ev['gold_reward']:+.3f} "
         f"(base {base['gold_reward']:+.3f}), KL {ev.get('kl') or 0:.3f}; result: {out / 'result.json'}",

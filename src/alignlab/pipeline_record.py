@@ -23,7 +23,7 @@ def curve(stage: dict, cfg: DictConfig) -> dict:
 def curve_spec(stage: dict, cfg: DictConfig) -> dict:
     algo = cfg.algo._target_.rsplit(".", 1)[-1]
     batch = int(cfg.data.batch_size)
-    if algo in ("RewardModule", "DPOModule"):
+    if algo in ("RewardModule", "DPOModule", "OnlineDPOModule"):  # online DPO: one pair per prompt a step
         return {"stage": stage["stage"], "csv": f"{stage['dir']}/csv/metrics.csv", "metric": "train/loss",
                 "panel": f"{stage['stage']}: train/loss", "samples_per_step": batch}  # fmt: skip
     # online RL: a step is one optimiser update; PPO makes ppo_epochs x num_minibatches per rollout batch

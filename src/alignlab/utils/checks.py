@@ -11,6 +11,12 @@ def check_train_config(cfg: DictConfig) -> None:
     tr = cfg.get("trainer", {})
     if cfg.model.get("source") == "hf" and not cfg.model.get("name_or_path"):
         raise ConfigError("model=hf needs model.name_or_path=<hub id or local directory>")
+    from alignlab.models.loader import check_chat_template
+
+    check_chat_template(cfg)  # data.use_chat_template=true on a model without one: before it loads
+    from alignlab.rewards.python_fn import check_python_rewards
+
+    check_python_rewards(cfg.get("algo"))  # reward=python: its function imports, before a model loads
     strategy = str(tr.get("strategy", "auto"))
     if strategy == "ddp" and _in_multirun():
         raise ConfigError(
