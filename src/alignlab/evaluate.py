@@ -6,7 +6,11 @@ the run directory. The core is the plain function ``evaluate_policy`` so that ot
 
 KL estimate (sequence level, Monte Carlo): for completions y ~ pi(.|x),
     KL(pi || pi_ref) ≈ mean over samples of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)],
-unbiased when sampling at temperature 1 without top-p/top-k truncation (the default here).
+unbiased when sampling at temperature 1 without top-p/top-k truncation (the default here). log pi is
+read from the decoding steps' logits, so the KL costs one reference forward per batch (the adapter
+disabled under LoRA). On CPU the policy is evaluated in bf16 weights where the CPU computes bf16
+natively (``trainer=cpu``'s rule, ``$ALIGNLAB_CPU_PRECISION`` overrides it); ``precision`` in
+``metrics.json`` says which.
 """
 
 from __future__ import annotations
@@ -78,10 +82,14 @@ def completion_kl(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     pad_id: int,
+    policy_logps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sample sum_t [log pi(y_t) - log pi_ref(y_t)] over the completion tokens, shape (B,).
 
     ``reference``: the policy's ``ReferenceModel`` (``alignlab.models.reference``).
+    ``policy_logps``: log pi(y_t) of the completion tokens (B, L), 0 past each completion, as sampling
+    returned them (``sample(return_logps=True)``): then only the reference runs a forward (the same
+    numbers up to float rounding, see tests/test_eval_precision.py); None: the policy's forward too.
     """
     from alignlab.data.collate import join
     from alignlab.models.logprobs import token_logprobs
@@ -89,10 +97,13 @@ def completion_kl(
     completions = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
     device = next(model.parameters()).device
     ids, attn, loss = (t.to(device) for t in join(prompt_ids, completions, pad_id))  # (B, T)
-    logps, mask = token_logprobs(model, ids, attn, loss)
     with reference as ref:
-        ref_logps, _ = token_logprobs(ref, ids, attn, loss)
-    return ((logps - ref_logps) * mask).sum(-1).float().cpu()
+        ref_logps, mask = token_logprobs(ref, ids, attn, loss)  # (B, T-1)
+    ref_sum = (ref_logps.float() * mask).sum(-1)  # (B,)
+    if policy_logps is not None:
+        return (policy_logps.float().sum(-1).to(device) - ref_sum).cpu()
+    logps, _ = token_logprobs(model, ids, attn, loss)
+    return ((logps.float() * mask).sum(-1) - ref_sum).cpu()
 
 
 def evaluate_policy(
@@ -114,6 +125,7 @@ def evaluate_policy(
     journal_path: str | Path | None = None,
     fingerprint: str = "",
     samples_per_prompt: int = 1,
+    reuse_sampling_logps: bool = True,
 ):
     """Sample one completion per prompt, score it and measure the KL to the reference. Returns the metrics
     dict (and the ``EvalSamples`` with ``return_samples``).
@@ -124,11 +136,14 @@ def evaluate_policy(
     their k scores), the unit a paired comparison of two policies on the same prompts pairs.
     ``journal_path``: finished batches are journaled there (``alignlab.tasks.pairs.BatchJournal``) and
     not sampled again by a rerun with the same ``fingerprint`` (policy identity), so a killed run resumes.
+    ``reuse_sampling_logps``: the KL's log pi(y_t) are read from the decoding steps' logits (one reference
+    forward per batch, no policy forward); False: a policy forward as well (the slower path, same numbers).
+    The metrics' ``precision`` is the policy weights' dtype (``fp32``, ``bf16``).
     """
     from alignlab.data.tokenize import Formatter
     from alignlab.models.generation import sample
     from alignlab.models.peft import is_peft
-    from alignlab.models.reference import ReferenceModel
+    from alignlab.models.reference import ReferenceModel, precision_name
     from alignlab.stats import bootstrap_mean_ci
     from alignlab.tasks.pairs import BatchJournal, work_fingerprint
 
@@ -155,7 +170,9 @@ def evaluate_policy(
     was_training = model.training
     model.eval()
     ref_kind = "none" if reference is None else reference.kind
-    work = work_fingerprint(fingerprint, prompt_ids, vars(sampling), batch_size, seed, ref_kind, k)
+    forward_kl = ref_kind not in ("none", "policy")  # a reference forward per batch
+    precision = precision_name(model)  # a batch journaled in another precision is sampled again
+    work = work_fingerprint(fingerprint, prompt_ids, vars(sampling), batch_size, seed, ref_kind, k, precision)
     journal = BatchJournal(journal_path, work)
     elapsed = 0.0
     # 1. sample and measure the KL, batch by batch (each batch seeded on its own: journaled batches are
@@ -168,14 +185,18 @@ def evaluate_policy(
         if b not in journal.done:
             start = time.perf_counter()
             # lean LoRA modules while decoding: the same function as peft's wrappers, faster (models.peft)
-            gen = sample(model, tokenizer, ids, sampling, generator_seed=seed + b, lean_lora=True)
+            reuse = forward_kl and reuse_sampling_logps  # log pi from the decoding steps' logits
+            gen = sample(
+                model, tokenizer, ids, sampling, generator_seed=seed + b, lean_lora=True, return_logps=reuse
+            )
             kl = None
-            if reference is not None and reference.kind == "policy":
+            if ref_kind == "policy":
                 kl = [0.0] * len(ids)
-            elif reference is not None:
+            elif forward_kl:
                 kl = completion_kl(
-                    model, reference, ids, gen.completion_ids, gen.completion_mask, tokenizer.pad_token_id
-                ).tolist()
+                    model, reference, ids, gen.completion_ids, gen.completion_mask, tokenizer.pad_token_id,
+                    policy_logps=gen.completion_logps,
+                ).tolist()  # fmt: skip
             n_tokens = gen.completion_mask.sum(-1).tolist()
             seconds = time.perf_counter() - start
             journal.record(
@@ -202,7 +223,7 @@ def evaluate_policy(
         np.asarray(stopped, dtype=bool),
     )
     # 3. summarise over prompts: the mean of each prompt's k samples, saved per prompt for paired tests
-    m: dict = {"n": len(unique), "samples_per_prompt": k, "per_prompt": {}}
+    m: dict = {"n": len(unique), "samples_per_prompt": k, "precision": precision, "per_prompt": {}}
     for name, values in (("gold_reward", gold), ("second_reward", second), ("kl", samples.kl)):
         if values is None:
             m[name] = None
@@ -262,9 +283,13 @@ def evaluate(cfg: DictConfig) -> dict:
     hooks = []
     reference_samples = (cfg.get("win_rate") or {}).get("reference_samples")
     if cfg.get("judge") and reference_samples:  # the judge's win rate against a reference policy's samples
+        from alignlab.label import local_judge_precision
         from alignlab.win_rate import win_rate_hook
 
-        hooks.append(win_rate_hook(instantiate(cfg.judge), task, reference_samples, int(cfg.seed)))
+        judge = instantiate(cfg.judge)
+        judge_precision = local_judge_precision(judge)  # an in-process judge LM: the policy's rule
+        hooks.append(win_rate_hook(judge, task, reference_samples, int(cfg.seed)))
+        hooks.append(lambda _samples: {"judge_precision": judge_precision})
     metrics, samples = evaluate_policy(
         model,
         tokenizer,

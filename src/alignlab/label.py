@@ -35,6 +35,7 @@ def label(cfg: DictConfig) -> dict:
 
     check_label_config(cfg)
     judge = instantiate(cfg.judge)
+    judge_precision = local_judge_precision(judge)
     check_server = getattr(judge, "check_server", None)  # a judge behind a server is asked once, first:
     if check_server is not None:  # a dead server fails in seconds, before heavy imports, model or sampling
         check_server()
@@ -54,13 +55,14 @@ def label(cfg: DictConfig) -> dict:
     # 1. pairs: sampled from the policy, or read from an earlier run's samples. Finished sampling batches
     #    are journaled beside the output, so a killed run resumes there (and its judge calls are cached)
     journal = out.parent / f".{out.stem}.sampling.journal.jsonl"
+    precision = None  # the policy's precision when this run samples the pairs
     if cfg.get("pairs_path"):
         pairs = PairSet.load(str(cfg.pairs_path))
         log.info("labelling %d pairs from %s", len(pairs.prompts), cfg.pairs_path)
     else:  # the sample app's sampling (alignlab.sample); the policy is freed before a judge model loads
         from alignlab.sample import sample_pair_set
 
-        pairs = sample_pair_set(cfg, task, journal)
+        pairs, precision = sample_pair_set(cfg, task, journal)
         if cfg.get("samples_path"):
             pairs.save(str(cfg.samples_path))
 
@@ -73,6 +75,8 @@ def label(cfg: DictConfig) -> dict:
             "output": str(out),
             "policy": cfg.get("policy_path") or cfg.model.get("source"),
             "pairs_path": cfg.get("pairs_path"),
+            "precision": precision,
+            "judge_precision": judge_precision,
         }
     )
 
@@ -111,6 +115,19 @@ def label(cfg: DictConfig) -> dict:
         )
     print(f"[label] wrote {len(rows)} rows to {out} (report: {rep_path})", flush=True)
     return report
+
+
+def local_judge_precision(judge) -> str | None:
+    """An in-process judge LM (``LocalJudge``) is loaded in inference's precision on its device (bf16
+    weights on a CPU with native bf16, as the policy samples: ``inference_spec``); returns that precision
+    (``fp32``, ``bf16``), None for a judge without a model here (gold, HTTP)."""
+    from alignlab.judges.local import LocalJudge
+    from alignlab.models.reference import PRECISION_NAMES, inference_spec
+
+    if not isinstance(judge, LocalJudge):
+        return None
+    judge.spec = inference_spec(judge.spec, judge.device)  # before its model loads (on the first miss)
+    return PRECISION_NAMES[judge.spec.resolved_dtype()]
 
 
 def ping_judge_server(cfg: DictConfig) -> None:

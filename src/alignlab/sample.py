@@ -3,7 +3,8 @@
 Wiring only: two completions per prompt of the task's split from a policy (the base model, or
 ``policy_path``), written as ``samples.jsonl`` (prompt, first, second) for the label app to label
 (``pairs_path=<run>/samples.jsonl``) with any judge. Finished batches are journaled beside the output, so
-a killed run resumes where it stopped.
+a killed run resumes where it stopped. On CPU the policy samples in bf16 weights where the CPU computes
+bf16 natively (``trainer=cpu``'s rule, ``load_policy``); the report's ``precision`` says which.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def check_sample_config(cfg: DictConfig) -> None:
 
 
 def sample_pair_set(cfg: DictConfig, task, journal: Path):
-    """Two completions per prompt of ``task``'s ``cfg.split`` from the policy of ``cfg``: a ``PairSet``."""
+    """Two completions per prompt of ``task``'s ``cfg.split`` from the policy of ``cfg``: a ``PairSet``, and
+    the precision the policy sampled in (``fp32``, or ``bf16`` on a CPU with native bf16: ``load_policy``)."""
     from hydra.utils import instantiate
 
     from alignlab.data.tokenize import Formatter
@@ -50,11 +52,12 @@ def sample_pair_set(cfg: DictConfig, task, journal: Path):
     )
     policy = cfg.get("policy_path")
     plain = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "prompt_format")]
-    work = work_fingerprint(*plain, policy, dir_stamp(policy), cfg.get("device"), cfg.split)
-    return sample_pairs(
+    work = work_fingerprint(*plain, policy, dir_stamp(policy), cfg.get("device"), cfg.split, loaded.precision)
+    pairs = sample_pairs(
         model, tok, prompts, sampling, fmt, int(cfg.batch_size), int(cfg.seed), cfg.progress,
         journal_path=journal, fingerprint=work,
     )  # fmt: skip
+    return pairs, loaded.precision
 
 
 def sample(cfg: DictConfig) -> dict:
@@ -69,11 +72,17 @@ def sample(cfg: DictConfig) -> dict:
     save_resolved_config(cfg, out.parent)
     task = build_task(cfg.task)
     journal = out.parent / f".{out.stem}.sampling.journal.jsonl"
-    pairs = sample_pair_set(cfg, task, journal)
+    pairs, precision = sample_pair_set(cfg, task, journal)
     pairs.save(str(out))
     journal.unlink(missing_ok=True)
     n = len(pairs.prompts)
-    report = {"task": task.name, "split": cfg.split, "pairs_sampled": n, "output": str(out)}
+    report = {
+        "task": task.name,
+        "split": cfg.split,
+        "pairs_sampled": n,
+        "precision": precision,
+        "output": str(out),
+    }
     write_json(out.with_suffix(".report.json"), report)
     print(f"[sample] wrote {n} prompts x 2 completions to {out}", flush=True)
     return report

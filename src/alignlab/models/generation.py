@@ -31,6 +31,10 @@ class Generation:
     completion_mask: torch.Tensor
     stopped: torch.Tensor
     texts: list[str]
+    completion_logps: torch.Tensor | None = None
+    """With ``sample(return_logps=True)``: log pi(y_t | x, y_<t) of each completion token (B, L), fp32,
+    from the model's raw logits at temperature 1 (whatever the sampling temperature, top-k or top-p); 0
+    past the completion."""
 
 
 # End-of-turn markers of common chat templates: ChatML (SmolLM2, Qwen), Gemma, Llama 3, Phi-3.
@@ -130,6 +134,7 @@ def sample(
     lean_lora: bool = False,
     group: int = 1,
     weights_dtype: torch.dtype | None = None,
+    return_logps: bool = False,
 ) -> Generation:
     """Sample one completion per prompt. Completion ids are cut at (and include) the first stop token
     (``stop_token_ids``: the generation config's EOS list, EOS, the chat template's end of turn).
@@ -140,7 +145,9 @@ def sample(
     run's prompt is then encoded once and its KV cache repeated for the run's rows
     (``shared_prompt_cache``), instead of encoding it ``group`` times.
     ``weights_dtype``: decode with the weights cast to this dtype (``cast_weights``; bf16 under a bf16
-    trainer), restored exactly afterwards."""
+    trainer), restored exactly afterwards.
+    ``return_logps``: also return each completion token's log-prob under the model
+    (``Generation.completion_logps``), read from the decoding steps' raw logits: no second forward."""
     from alignlab.models.peft import lean_adapter
 
     device = next(model.parameters()).device
@@ -158,6 +165,8 @@ def sample(
         eos_token_id=stops,
         use_cache=True,
     )
+    if return_logps:  # the raw (unprocessed) logits of every decoding step: (B, V) per step
+        kwargs.update(return_dict_in_generate=True, output_logits=True)
     if not greedy:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
     with cast_weights(model, weights_dtype), lean_adapter(model) if lean_lora else contextlib.nullcontext():
@@ -167,6 +176,9 @@ def sample(
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     if was_training:
         model.train()
+    step_logits = out.logits if return_logps else None
+    if return_logps:
+        out = out.sequences
     completion = out[:, ids.shape[1] :]  # (B, L)
     is_eos = torch.isin(completion, torch.tensor(stops, device=completion.device))
     stopped = is_eos.any(-1)
@@ -178,4 +190,16 @@ def sample(
     cmask = (pos <= first.unsqueeze(1)) & (pos < completion.shape[1])
     completion = torch.where(cmask, completion, torch.full_like(completion, tokenizer.pad_token_id))
     texts = [tokenizer.decode(c[m].tolist(), skip_special_tokens=True) for c, m in zip(completion, cmask)]
-    return Generation(prompt_ids, completion, cmask.long(), stopped, texts)
+    logps = None if step_logits is None else step_logprobs(step_logits, completion, cmask)
+    return Generation(prompt_ids, completion, cmask.long(), stopped, texts, logps)
+
+
+def step_logprobs(step_logits, completion: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits_t)[y_t] of each generated token (B, L) from the decoding steps' raw logits (a
+    (B, V) tensor per step), in fp32; 0 where ``completion_mask`` is not set."""
+    from alignlab.models.logprobs import gather_logprobs
+
+    logps = torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)  # (B, L)
+    for t, logits in enumerate(step_logits):
+        logps[:, t] = gather_logprobs(logits, completion[:, t])
+    return logps * completion_mask

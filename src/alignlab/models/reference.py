@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +89,51 @@ class LoadedPolicy:
     ref_model: ReferenceModel
     kind: str
     """``base`` (the model spec itself), ``adapter`` (a LoRA directory on it) or ``full`` (a full model)."""
+    precision: str = "fp32"
+    """The weights' dtype (``precision_name``): what sample, label and evaluate record in their results."""
+
+
+def inference_spec(spec, device: str | torch.device):
+    """``spec`` as inference (sampling, judging, evaluation) loads it on ``device``: on CPU a
+    ``dtype: auto`` model follows ``trainer=cpu``'s precision, bf16 weights where the CPU computes bf16
+    natively (``alignlab.utils.precision.cpu_inference_dtype``; ``ALIGNLAB_CPU_PRECISION=32-true`` forces
+    fp32). Unchanged elsewhere: on GPU ``auto`` is already bf16 where the card has it, and a dtype the user
+    named is kept. The fp32 choice keeps ``auto``, so the spec's identity (and caches keyed on it) too."""
+    if str(device).startswith("cpu") and spec.dtype == "auto":
+        from alignlab.utils.precision import cpu_inference_dtype
+
+        if cpu_inference_dtype() == "bfloat16":
+            return replace(spec, dtype="bfloat16")
+    return spec
+
+
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_name(model) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: the dtype of ``model``'s floating-point weights (of the most of
+    them, counted in elements, where they are mixed)."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    if not counts:
+        return "fp32"
+    dtype = max(counts, key=counts.__getitem__)
+    return PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def load_policy(spec, path: str | Path | None = None, device: str | torch.device = "auto") -> LoadedPolicy:
     """The policy ``spec`` itself, a LoRA adapter directory ``path`` on top of it, or a full model
-    directory ``path``; in eval mode on ``device`` (``auto``: CUDA when available). Its reference is the
-    policy itself (base), the adapter disabled (LoRA), or ``spec``'s weights loaded on first use (full)."""
+    directory ``path``; in eval mode on ``device`` (``auto``: CUDA when available), in the precision of
+    inference there (``inference_spec``: bf16 weights on a CPU with native bf16, adapter included). Its
+    reference is the policy itself (base), the adapter disabled (LoRA), or ``spec``'s weights loaded on
+    first use (full), in the same precision."""
     from alignlab.models.loader import ModelSpec
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    given, spec = spec, inference_spec(spec, device)
     if not path:
         lm = spec.load()
         model, tok, kind, ref = lm.model, lm.tokenizer, "base", None
@@ -120,4 +155,6 @@ def load_policy(spec, path: str | Path | None = None, device: str | torch.device
             model, tok, kind = full.model, full.tokenizer, "full"
             ref = ReferenceModel(model, load=lambda: spec.load().model)
     model.to(device).eval()
-    return LoadedPolicy(model, tok, ref or ReferenceModel(model), kind)
+    if spec is not given:  # CPU bf16 inference: the adapter too (peft loads it in fp32 on a bf16 base)
+        model.to(spec.resolved_dtype())
+    return LoadedPolicy(model, tok, ref or ReferenceModel(model), kind, precision_name(model))

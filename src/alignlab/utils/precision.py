@@ -58,3 +58,11 @@ def cpu_precision() -> str:
         platform.processor() or platform.machine(),
     )
     return "32-true"
+
+
+def cpu_inference_dtype() -> str:
+    """The weights' dtype of CPU inference (pair sampling, judge labelling, evaluation): ``bfloat16``
+    where ``trainer=cpu`` trains in bf16 (``cpu_precision``: the CPU's native bf16 or
+    ``$ALIGNLAB_CPU_PRECISION=bf16-*``), else ``float32``; so ``ALIGNLAB_CPU_PRECISION=32-true`` is fp32
+    everywhere."""
+    return "bfloat16" if cpu_precision().startswith("bf16") else "float32"
