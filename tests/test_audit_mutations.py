@@ -110,3 +110,49 @@ def test_rloo_kl_is_a_penalty(tmp_path, monkeypatch):
     kl = (r.kl * r.response_mask).sum(-1)
     assert kl.abs().max() > 1e-3
     torch.testing.assert_close(rewards, r.scores - 0.5 * kl, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("profile", ["tiny", "quick", "standard"])
+def test_policy_and_base_are_evaluated_with_common_random_numbers(profile, tmp_path):
+    # mutation caught: the policy sampled with other seeds than the base (e.g. eval seed ${seed} or an
+    # offset for the trained policy). The paired design needs the same prompts, sampling settings and
+    # sampling seeds for eval_base and eval, and for every run seed (the base is shared across seeds).
+    from alignlab.pipeline import stage_config, stage_list
+    from conftest import compose
+
+    def evals(seed: int):
+        cfg = compose(
+            ["method=dpo", f"profile={profile}", f"seed={seed}", f"paths.output_dir={tmp_path}"], "pipeline"
+        )
+        stages = dict(stage_list(cfg))
+        dirs = {name: tmp_path / name for name in stages}
+        return [stage_config(cfg, stages[name], dirs) for name in ("eval_base", "eval")]
+
+    keys = ("seed", "n_prompts", "samples_per_prompt", "split", "batch_size", "sampling")
+    (base0, pol0), (base2, pol2) = evals(0), evals(2)
+    for c in (pol0, base2, pol2):
+        for k in keys:
+            assert c.get(k) == base0.get(k), (profile, k)
+
+
+@pytest.mark.parametrize("profile", ["tiny", "quick", "standard"])
+def test_every_seed_is_a_full_replicate(profile, tmp_path):
+    # mutation caught: the pairs sampled or the annotators drawn with a fixed seed (one data draw shared
+    # by every run seed, so a seed-level CI would cover training only). Within a seed, every method
+    # still reads the same samples and labels stages (same config -> same cached artifact).
+    from alignlab.pipeline import stage_config, stage_list
+    from conftest import compose
+
+    def data_stages(method: str, seed: int):
+        cfg = compose(
+            [f"method={method}", f"profile={profile}", f"seed={seed}", f"paths.output_dir={tmp_path}"],
+            "pipeline",
+        )
+        stages = dict(stage_list(cfg))
+        dirs = {name: tmp_path / name for name in stages}
+        return [stage_config(cfg, stages[name], dirs) for name in ("samples", "labels")]
+
+    (s0, l0), (s2, l2) = data_stages("dpo", 0), data_stages("dpo", 2)
+    assert (s0.seed, l0.seed, s2.seed, l2.seed) == (0, 0, 2, 2)
+    s2_rlhf, _ = data_stages("rlhf", 2)
+    assert s2_rlhf.seed == s2.seed and s2_rlhf.n_prompts == s2.n_prompts

@@ -8,8 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
+from scipy import stats as st
 
-from alignlab.compare import main, mean_ci, pairwise, summarise, verdict, write_report
+from alignlab.compare import main, mean_ci, paired_matrix, pairwise, summarise, verdict, write_report
+from alignlab.stats import paired_gain
 
 N = 64
 BASE = np.random.default_rng(0).normal(0.1, 0.3, N)
@@ -49,25 +51,31 @@ def test_mean_ci_over_seeds_uses_t_quantiles():
 
 
 def test_paired_gain_separates_a_real_shift_from_none(tmp_path):
+    # three seeds: with two, a seed-aware interval has ~1 degree of freedom and is honestly very wide
     _run(tmp_path, "dpo", 0, 0.2, 1.0)
     _run(tmp_path, "dpo", 1, 0.25, 1.2)
+    _run(tmp_path, "dpo", 2, 0.22, 1.1)
     _run(tmp_path, "rlhf", 0, 0.0, 0.5)
     _run(tmp_path, "rlhf", 1, 0.0, 0.6)
+    _run(tmp_path, "rlhf", 2, 0.0, 0.55)
     from alignlab.compare import find_results
 
     rows = {r["method"]: r for r in summarise(find_results([tmp_path]))}
     g = rows["dpo"]["gain"]
-    assert g["seeds"] == 2 and g["prompts"] == N and 0.15 < g["ci_low"] < g["mean"] < g["ci_high"] < 0.3
-    assert g["mean"] == pytest.approx(0.225, abs=0.02)
+    assert g["seeds"] == 3 and g["prompts"] == N and 0.1 < g["ci_low"] < g["mean"] < g["ci_high"] < 0.35
+    assert g["mean"] == pytest.approx(0.223, abs=0.02)
     h = rows["rlhf"]["gain"]
     assert h["ci_low"] < 0 < h["ci_high"]
-    # paired: the prompts' own spread (sd 0.3) cancels, so the CI is far narrower than an unpaired one
-    assert g["ci_high"] - g["ci_low"] < 0.3 * 2 * 1.96 / np.sqrt(N) / 2
+    # the MDE comes from the same SE and df as the interval, with the 80% power term
+    assert rows["dpo"]["mde"] == pytest.approx((st.t.ppf(0.975, g["df"]) + st.t.ppf(0.8, g["df"])) * g["se"])
+    # paired: the prompts' own spread (sd 0.3) cancels, so one seed's CI is far narrower than an unpaired one
+    one = paired_gain(paired_matrix(rows["dpo"]["runs"], "gold_reward")[:1])
+    assert one["ci_high"] - one["ci_low"] < 0.3 * 2 * 1.96 / np.sqrt(N) / 2
     pairs = pairwise(list(rows.values()))
     assert len(pairs) == 1 and pairs[0]["p_holm"] < 0.05
     text = verdict(list(rows.values()), pairs)
-    assert "Beat the base policy" in text and "dpo" in text.split("Not distinguishable")[0]
-    assert "rlhf" in text.split("Not distinguishable")[1] and "dpo > rlhf" in text
+    assert "Beat the base policy" in text and "dpo" in text.split("Inconclusive against the base")[0]
+    assert "rlhf" in text.split("Inconclusive against the base")[1] and "dpo > rlhf" in text
 
 
 def test_holm_adjusts_every_pair(tmp_path):
@@ -184,3 +192,17 @@ def test_frontier_line_runs_through_the_sweep_seed_in_order_of_kl():
             rec(0, 12.2, 0.65, {"algo.beta": 0.03}), rec(0, 2.7, 0.36, {"algo.beta": 0.3})]  # fmt: skip
     assert sweep_lines(runs) == {0: [(2.7, 0.36, "0.3"), (7.5, 0.56, "own"), (12.2, 0.65, "0.03")]}
     assert sweep_lines(runs[:3]) == {}  # seeds of one setting are not a sweep
+
+
+def test_pair_verdicts_say_equivalent_only_after_tost(tmp_path):
+    # a and b differ by 0.01 on 64 prompts x 1 seed: not significant; the 90% CI (about +-0.03 here) lies
+    # inside +-0.1, so TOST calls them equivalent; at a margin of 0.01 it cannot, so "inconclusive"
+    _run(tmp_path, "a", 0, 0.0, 1.0)
+    _run(tmp_path, "b", 0, 0.01, 1.0)
+    from alignlab.compare import _pair_verdict, find_results
+
+    rows = summarise(find_results([tmp_path]))
+    wide, tight = pairwise(rows, margin=0.1)[0], pairwise(rows, margin=0.01)[0]
+    assert wide["p_holm"] >= 0.05 and wide["equivalent"] and not tight["equivalent"]
+    assert _pair_verdict(wide) == "equivalent (±0.1)" and _pair_verdict(tight) == "inconclusive"
+    assert "Equivalent within ±0.1" in verdict(rows, [wide]) and "inconclusive" in verdict(rows, [tight])

@@ -139,8 +139,8 @@ def test_tiny_multirun_report_and_cached_rerun(tmp_path):
         "wandb.enabled=false",
     ]
     first = _run([*args, f"hydra.sweep.dir={tmp_path}/sweep1"], tmp_path)
-    # pairs sampled once and labelled once, shared by both methods and both seeds
-    assert first.count("samples      done") == 1 and first.count("labels       done") == 1
+    # pairs sampled and labelled once per seed (every seed a full replicate), shared by both methods
+    assert first.count("samples      done") == 2 and first.count("labels       done") == 2
     assert first.count("eval_base    done") == 1 and first.count("result:") == 4
     second = _run([*args, f"hydra.sweep.dir={tmp_path}/sweep2"], tmp_path)
     # dpo: samples, labels, dpo, eval_base, eval (with the win rate); rlhf adds the reward model

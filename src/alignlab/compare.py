@@ -21,11 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from alignlab.stats import holm, minimum_detectable_effect, paired_gain, t_mean_ci
+from alignlab.stats import (
+    format_p,
+    holm,
+    mde_from_se,
+    minimum_detectable_effect,
+    paired_gain,
+    t_mean_ci,
+    tost,
+)
 from alignlab.utils.errors import cli_app
 from alignlab.utils.io import write_text
 
 ALPHA = 0.05
+EQUIVALENCE_MARGIN = 0.1
+"""Default TOST margin (gold reward): two methods are called equivalent only when the 90% CI of their paired
+difference lies inside ±margin; otherwise a non-significant difference is "inconclusive"."""
 
 
 def find_results(roots: list[Path]) -> list[dict]:
@@ -114,8 +125,8 @@ def summarise(results: list[dict]) -> list[dict]:
             if key == "gain" and d is not None:  # what a run of this size could have detected
                 if d.shape[0] == 1:
                     row["mde"] = minimum_detectable_effect(float(d[0].std(ddof=1)), d.shape[1])
-                else:  # from the two-level bootstrap's standard error: (z_.975 + z_.8) x SE
-                    row["mde"] = 2.80 * (row["gain"]["ci_high"] - row["gain"]["ci_low"]) / (2 * 1.96)
+                else:  # from the crossed design's standard error and Satterthwaite df (alignlab.stats)
+                    row["mde"] = mde_from_se(row["gain"]["se"], row["gain"]["df"])
         rows.append(row)
     return rows
 
@@ -159,22 +170,26 @@ def frontier_table(frontier: list[dict]) -> str:
              "same seeds [95% CI] | p (unadjusted) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for f in frontier:
         vs = f["vs_own"]
-        diff, p = ("—", "—") if vs is None else (_ci(vs), f"{vs['p']:.3f}")
+        diff, p = ("—", "—") if vs is None else (_ci(vs), format_p(vs))
         lines.append(f"| {f['method']} | {f['setting']} | {f['seeds']} | {_ci(f['gain'])} | {_fmt(f['kl'])} | "
                      f"{diff} | {p} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def pairwise(rows: list[dict]) -> list[dict]:
+def pairwise(rows: list[dict], margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
     """The paired difference in gold reward of every pair of rows (matched seeds, same prompts), with
-    Holm-adjusted p-values over all pairs."""
+    Holm-adjusted p-values over all pairs and a TOST equivalence test at ``margin`` (``equivalent``)."""
     out = []
     for a, b in itertools.combinations(rows, 2):
         d = paired_matrix(a["runs"], "gold_reward", against={r.get("seed"): r for r in b["runs"]})
         if d is not None:
-            out.append({"a": a["method"], "b": b["method"], **paired_gain(d)})
+            g = paired_gain(d)
+            out.append(
+                {"a": a["method"], "b": b["method"], **g, "equivalent": tost(g, margin), "margin": margin}
+            )
     for o, p in zip(out, holm([o["p"] for o in out])):
         o["p_holm"] = p
+        o["p_holm_floor"] = o["p_floor"] and p <= o["p"] * len(out)  # Holm of a floored p is itself a bound
     return out
 
 
@@ -219,10 +234,18 @@ def pairwise_table(pairs: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for p in sorted(pairs, key=lambda p: p["p_holm"]):
-        verdict = ("A > B" if p["mean"] > 0 else "B > A") if p["p_holm"] < ALPHA else "not significant"
-        lines.append(f"| {p['a']} | {p['b']} | {p.get('seeds', '')} | {_ci(p)} | {p['p']:.3f} | {p['p_holm']:.3f} | "
-                     f"{verdict} |")  # fmt: skip
+        lines.append(f"| {p['a']} | {p['b']} | {p.get('seeds', '')} | {_ci(p)} | {format_p(p)} | "
+                     f"{format_p({'p': p['p_holm'], 'p_floor': p.get('p_holm_floor')})} | {_pair_verdict(p)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _pair_verdict(p: dict) -> str:
+    """A > B / B > A when Holm-significant; "equivalent (±m)" when TOST passed; else "inconclusive"."""
+    if p["p_holm"] < ALPHA:
+        return "A > B" if p["mean"] > 0 else "B > A"
+    if p.get("equivalent"):
+        return f"equivalent (±{p['margin']:g})"
+    return "inconclusive"
 
 
 def verdict(rows: list[dict], pairs: list[dict]) -> str:
@@ -238,16 +261,24 @@ def verdict(rows: list[dict], pairs: list[dict]) -> str:
     if down:
         out.append("Below the base policy: " + ", ".join(down) + ". ")
     if flat:
-        out.append("Not distinguishable from the base policy at this size: " + ", ".join(flat) + ". ")
+        out.append("Inconclusive against the base policy at this size (a CI that contains 0 is not evidence of no "
+                   "gain): " + ", ".join(flat) + ". ")  # fmt: skip
     sig = [p for p in pairs if p["p_holm"] < ALPHA]
     if sig:
         wins = [f"{p['a']} > {p['b']}" if p["mean"] > 0 else f"{p['b']} > {p['a']}" for p in sig]
-        out.append("Between methods (Holm-adjusted p < 0.05): " + "; ".join(wins) + f". The other {len(pairs) - len(sig)} "
-                   "pairs are not significant. ")  # fmt: skip
+        out.append("Between methods (Holm-adjusted p < 0.05): " + "; ".join(wins) + ". ")
     elif pairs:
         out.append(
             f"No difference between two methods is significant after Holm's correction ({len(pairs)} pairs). "
         )
+    equiv = [p for p in pairs if p["p_holm"] >= ALPHA and p.get("equivalent")]
+    if equiv:
+        out.append("Equivalent within ±" + f"{equiv[0]['margin']:g} gold reward (TOST, 90% CI inside the margin): "
+                   + "; ".join(f"{p['a']} ≈ {p['b']}" for p in equiv) + ". ")  # fmt: skip
+    rest = len(pairs) - len(sig) - len(equiv)
+    if rest:
+        out.append(f"{rest} pair(s) are inconclusive: neither different (Holm) nor shown equivalent (TOST), "
+                   "so the data do not say whether those methods are on par. ")  # fmt: skip
     single = [p for p in pairs if p.get("seeds") == 1]
     if single:
         out.append(f"{'Every pair' if len(single) == len(pairs) else f'{len(single)} of the pairs'} rest(s) on one "
@@ -260,7 +291,8 @@ def verdict(rows: list[dict], pairs: list[dict]) -> str:
     kls = [r["kl"][0] for r in rows if r.get("kl") and r["kl"][0] is not None and math.isfinite(r["kl"][0])]
     if len(kls) > 1 and min(kls) > 0 and max(kls) > 2 * min(kls):
         out.append(f"The methods spent very different KL budgets ({min(kls):.1f} to {max(kls):.1f} nats per completion): "
-                   "these are gains at equal compute, not at equal KL; the frontier plot shows the trade. ")  # fmt: skip
+                   "these are gains at equal compute, not at equal KL; a difference between two methods whose KLs "
+                   "differ by more than 1.5x should be read at matched KL on the frontier (the sweep section). ")  # fmt: skip
     mdes = [r["mde"] for r in rows if r.get("mde") is not None and math.isfinite(r["mde"])]
     if mdes:
         out.append(f"With this run's size the minimum detectable gain over base (80% power, α = 0.05) is about "
@@ -317,7 +349,7 @@ def provenance(results: list[dict]) -> str:
     return text
 
 
-def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
+def write_report(roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_MARGIN) -> tuple[Path, str]:
     from alignlab.compare_plots import curves_plot, frontier_plot
 
     results = find_results(roots)
@@ -327,7 +359,7 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
             "(make compare, or python -m alignlab.pipeline method=dpo)"
         )
     rows, sweep = split_sweeps(summarise(results))
-    pairs = pairwise([r for r in rows if r.get("gain")])
+    pairs = pairwise([r for r in rows if r.get("gain")], margin)
     frontier = frontier_rows(rows, sweep)
     tab = table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +376,8 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
         "# alignlab comparison report", "",
         f"{len(results)} runs, {len(rows)} methods{f' and {len(sweep)} sweep point(s)' if sweep else ''}; {size}. Every policy, the base included, is evaluated on "
         "the same held-out prompts with the same sampling seeds. **Paired gain** = mean per-prompt difference "
-        "from the base policy, 95% bootstrap CI (over seeds, then prompts); **↑**/**↓** mark CIs that exclude "
+        "from the base policy, 95% CI: over seeds and prompts (a crossed random-effects t interval, Satterthwaite df) "
+        "with several seeds, a BCa bootstrap over prompts with one; **↑**/**↓** mark CIs that exclude "
         "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
         "the Monte-Carlo sequence-level estimate against the reference policy.", "",
         *([where, ""] if where else []),
@@ -355,7 +388,9 @@ def write_report(roots: list[Path], out_dir: Path) -> tuple[Path, str]:
                   f"{base.get('gold_reward_ci_high', float('nan')):+.3f}].", ""]  # fmt: skip
     if pairs:
         parts += ["## Between methods", "", "Paired differences on the same prompts and seeds; p-values from the "
-                  "bootstrap, Holm-adjusted over all pairs.", "", pairwise_table(pairs), ""]  # fmt: skip
+                  "same intervals, Holm-adjusted over all pairs. A pair that is not significant is called equivalent "
+                  f"only when a TOST at ±{pairs[0]['margin']:g} gold reward passes, else inconclusive.", "",
+                  pairwise_table(pairs), ""]  # fmt: skip
     if frontier:
         parts += ["## Frontier: each method over its swept setting", "", "The sweep points (a method rerun "
                   "with one setting changed) beside the method at its own setting on the same seeds. Outside "
@@ -381,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         "roots", nargs="*", default=["outputs/pipeline"], help="directories holding finished runs"
     )
     ap.add_argument("--out", default="outputs/report", help="where report.md and the plots go")
+    ap.add_argument("--equivalence-margin", type=float, default=EQUIVALENCE_MARGIN,
+                    help="TOST margin in gold reward for calling two methods equivalent (default 0.1)")  # fmt: skip
     a = ap.parse_args(argv)
     try:
-        report, tab = write_report([Path(r) for r in a.roots], Path(a.out))
+        report, tab = write_report([Path(r) for r in a.roots], Path(a.out), a.equivalence_margin)
     except FileNotFoundError as e:
         print(f"alignlab-compare: {e}", file=sys.stderr)
         return 2
