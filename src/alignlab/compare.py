@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alignlab.compare_verdict import _pair_verdict, verdict
 from alignlab.stats import (
     format_p,
     holm,
@@ -33,7 +34,6 @@ from alignlab.stats import (
 from alignlab.utils.errors import cli_app
 from alignlab.utils.io import write_text
 
-ALPHA = 0.05
 EQUIVALENCE_MARGIN = 0.1
 """Default TOST margin (gold reward): two methods are called equivalent only when the 90% CI of their paired
 difference lies inside ±margin; otherwise a non-significant difference is "inconclusive"."""
@@ -237,67 +237,6 @@ def pairwise_table(pairs: list[dict]) -> str:
         lines.append(f"| {p['a']} | {p['b']} | {p.get('seeds', '')} | {_ci(p)} | {format_p(p)} | "
                      f"{format_p({'p': p['p_holm'], 'p_floor': p.get('p_holm_floor')})} | {_pair_verdict(p)} |")  # fmt: skip
     return "\n".join(lines)
-
-
-def _pair_verdict(p: dict) -> str:
-    """A > B / B > A when Holm-significant; "equivalent (±m)" when TOST passed; else "inconclusive"."""
-    if p["p_holm"] < ALPHA:
-        return "A > B" if p["mean"] > 0 else "B > A"
-    if p.get("equivalent"):
-        return f"equivalent (±{p['margin']:g})"
-    return "inconclusive"
-
-
-def verdict(rows: list[dict], pairs: list[dict]) -> str:
-    """A short paragraph made from the numbers: who beat base, who beat whom, what the run cannot resolve."""
-    up = [r["method"] for r in rows if r.get("gain") and r["gain"]["ci_low"] > 0]
-    down = [r["method"] for r in rows if r.get("gain") and r["gain"]["ci_high"] < 0]
-    flat = [r["method"] for r in rows if r.get("gain") and r["method"] not in up + down]
-    out = []
-    out.append(
-        ("Beat the base policy (paired 95% CI above 0): " + ", ".join(up) + ". ") if up
-        else "No method beat the base policy with a paired 95% CI above 0. "
-    )  # fmt: skip
-    if down:
-        out.append("Below the base policy: " + ", ".join(down) + ". ")
-    if flat:
-        out.append("Inconclusive against the base policy at this size (a CI that contains 0 is not evidence of no "
-                   "gain): " + ", ".join(flat) + ". ")  # fmt: skip
-    sig = [p for p in pairs if p["p_holm"] < ALPHA]
-    if sig:
-        wins = [f"{p['a']} > {p['b']}" if p["mean"] > 0 else f"{p['b']} > {p['a']}" for p in sig]
-        out.append("Between methods (Holm-adjusted p < 0.05): " + "; ".join(wins) + ". ")
-    elif pairs:
-        out.append(
-            f"No difference between two methods is significant after Holm's correction ({len(pairs)} pairs). "
-        )
-    equiv = [p for p in pairs if p["p_holm"] >= ALPHA and p.get("equivalent")]
-    if equiv:
-        out.append("Equivalent within ±" + f"{equiv[0]['margin']:g} gold reward (TOST, 90% CI inside the margin): "
-                   + "; ".join(f"{p['a']} ≈ {p['b']}" for p in equiv) + ". ")  # fmt: skip
-    rest = len(pairs) - len(sig) - len(equiv)
-    if rest:
-        out.append(f"{rest} pair(s) are inconclusive: neither different (Holm) nor shown equivalent (TOST), "
-                   "so the data do not say whether those methods are on par. ")  # fmt: skip
-    single = [p for p in pairs if p.get("seeds") == 1]
-    if single:
-        out.append(f"{'Every pair' if len(single) == len(pairs) else f'{len(single)} of the pairs'} rest(s) on one "
-                   "training seed: those CIs cover the held-out prompts, not the spread between training runs. ")  # fmt: skip
-    over = [r["method"] for r in rows if r.get("gain") and r.get("second_gain") and r["gain"]["ci_low"] > 0
-            and r["second_gain"]["ci_high"] < r["gain"]["ci_low"] / 2]  # fmt: skip
-    if over:
-        out.append("Gold gains the second scorer shares less than half of (a lexicon-pleasing signature): "
-                   + ", ".join(over) + ". ")  # fmt: skip
-    kls = [r["kl"][0] for r in rows if r.get("kl") and r["kl"][0] is not None and math.isfinite(r["kl"][0])]
-    if len(kls) > 1 and min(kls) > 0 and max(kls) > 2 * min(kls):
-        out.append(f"The methods spent very different KL budgets ({min(kls):.1f} to {max(kls):.1f} nats per completion): "
-                   "these are gains at equal compute, not at equal KL; a difference between two methods whose KLs "
-                   "differ by more than 1.5x should be read at matched KL on the frontier (the sweep section). ")  # fmt: skip
-    mdes = [r["mde"] for r in rows if r.get("mde") is not None and math.isfinite(r["mde"])]
-    if mdes:
-        out.append(f"With this run's size the minimum detectable gain over base (80% power, α = 0.05) is about "
-                   f"{float(np.median(mdes)):.3f} gold reward (median over methods).")  # fmt: skip
-    return "".join(out).strip()
 
 
 def examples(results: list[dict], n: int = 4) -> str:
