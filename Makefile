@@ -75,23 +75,25 @@ compare: $(STAMP)
 	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/python -m alignlab.pipeline --multirun comparison=quick seed=$(COMPARE_SEEDS)
 	$(BIN)/python -m alignlab.compare outputs/compare/quick --out outputs/compare/report
 
-# The published comparison (docs/results/standard/): 6 methods x 3 seeds, then the frontier (DPO over beta,
-# RLOO over the KL coefficient, one seed), then PPO with 4 epochs per rollout batch (the rlhf arm at the
-# usual PPO setting, 3 seeds), two jobs at once. Each finished job's result file is committed
-# as it lands; rerunning skips the jobs already in docs/results/standard/runs. Est. ~1.6 h (Intel Xeon) to
-# ~3.5 h (AMD EPYC) on 2 cores, measured stage rates in docs/results/standard/README.md.
+# The published comparison: 7 methods x 3 seeds (every seed its own pairs, labels and annotator draws),
+# then the frontier on every seed (DPO over beta, RLOO over the KL coefficient), two jobs at once. Each
+# finished job's result file is written to $(STANDARD_RUNS) and committed as it lands; rerunning skips the
+# jobs found there, so the plan may run over several sittings. The rerun of 2026-12 writes to
+# docs/results/standard-rerun/ until it is complete, then replaces docs/results/standard/ (the earlier
+# comparison stays in git history). Sizing and measured stage rates: docs/results/standard-rerun/README.md.
 # fp32 on every machine (ALIGNLAB_CPU_PRECISION), so a run continued on a CPU with bf16 matches the rest.
 STANDARD_ENV := OMP_NUM_THREADS=1 ALIGNLAB_CPU_PRECISION=32-true
-# Five methods x 3 seeds first, then RLHF-PPO's 3 seeds (the costliest), then the sweeps: a run that is
-# cut short holds whole methods, and the next make standard continues where it stopped.
+STANDARD_DIR ?= docs/results/standard-rerun
+STANDARD_RUNS := publish.dir=$(CURDIR)/$(STANDARD_DIR)/runs
+# Five methods x 3 seeds first, then the two RLHF methods with a policy other than RLOO (PPO, GRPO), then
+# the sweeps: a run that is cut short holds whole methods, and the next make standard continues where it stopped.
 STANDARD_FIRST := rlaif_rloo,rloo,direct_rlaif_rloo,dpo,rlaif_dpo
 standard: $(STAMP)
-	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=$(STANDARD_FIRST)
-	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rlhf
-	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=dpo variant.algo.beta=0.03,0.3 seed=0
-	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rloo variant.algo.kl_coef=0.01,0.2 seed=0
-	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard method=rlhf +variant.algo.ppo_epochs=4 seed=0,1,2
-	$(BIN)/python -m alignlab.compare docs/results/standard/runs --out docs/results/standard
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=$(STANDARD_FIRST)
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=rlhf,rlhf_grpo
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=dpo variant.algo.beta=0.03,0.3
+	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=rloo variant.algo.kl_coef=0.01,0.2
+	$(BIN)/python -m alignlab.compare $(STANDARD_DIR)/runs --out $(STANDARD_DIR)
 
 compare-full: $(STAMP)
 	$(BIN)/python -m alignlab.pipeline --multirun comparison=sentiment profile=full

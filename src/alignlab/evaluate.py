@@ -239,6 +239,9 @@ def evaluate_policy(
                 f"{name}_std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
             }
         )
+    # the completions themselves (prompt order, k per prompt side by side): a scorer added later can score
+    # a published run without sampling it again
+    m["completions"] = list(texts)
     m["completion_length"] = float(samples.lengths.mean())
     m["stopped_frac"] = float(samples.stopped.mean())
     m["distinct_1"] = distinct_n(texts, 1)
