@@ -75,7 +75,9 @@ def test_base_policy_has_zero_kl_and_all_columns(tiny_lm):
     assert m["gold_reward"] == pytest.approx(np.mean(samples.gold))
     # the completions are kept in prompt order: the per-prompt gold reward is their score
     assert m["completions"] == list(samples.completions)
-    assert m["per_prompt"]["gold_reward"] == pytest.approx([c.count("a") / max(len(c), 1) for c in m["completions"]])
+    assert m["per_prompt"]["gold_reward"] == pytest.approx(
+        [c.count("a") / max(len(c), 1) for c in m["completions"]]
+    )
     assert m["second_reward"] == pytest.approx(np.mean([len(c) / 100 for c in samples.completions]))
     assert 1 <= m["completion_length"] <= 8
     assert 0 <= m["distinct_1"] <= 1 and 0 <= m["distinct_2"] <= 1
