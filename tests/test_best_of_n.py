@@ -91,6 +91,7 @@ def test_point_metrics_have_the_shape_evaluate_writes(tiny_lm):
     assert set(mine["per_prompt"]) == {"gold_reward", "second_reward", "kl"}
     assert mine["per_prompt"]["gold_reward"] == m["per_prompt"]["gold_reward"]
     assert mine["kl"] == 0.25 and mine["per_prompt"]["kl"] == [0.25] * 3 and mine["completions_per_s"] == 3.0
+    assert mine["completions"] == list(s.completions) and mine["prompts_sha"] == m["prompts_sha"]
 
 
 def _rows(path):

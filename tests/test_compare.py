@@ -206,3 +206,22 @@ def test_pair_verdicts_say_equivalent_only_after_tost(tmp_path):
     assert wide["p_holm"] >= 0.05 and wide["equivalent"] and not tight["equivalent"]
     assert _pair_verdict(wide) == "equivalent (±0.1)" and _pair_verdict(tight) == "inconclusive"
     assert "Equivalent within ±0.1" in verdict(rows, [wide]) and "inconclusive" in verdict(rows, [tight])
+
+
+def test_a_third_scorer_gets_its_own_paired_column_only_when_the_runs_have_one(tmp_path):
+    for seed in range(3):
+        _run(tmp_path, "dpo", seed, 0.2 + 0.01 * seed, 1.0)
+    _, tab = write_report([tmp_path], tmp_path / "report")
+    assert "third-scorer" not in tab
+    for f in tmp_path.glob("dpo*/*/result.json"):  # what scripts/rescore.py adds: a third per-prompt score
+        rec = json.loads(f.read_text())
+        rec["eval"]["per_prompt"]["third_reward"] = [3 * x for x in rec["eval"]["per_prompt"]["gold_reward"]]
+        rec["base_eval"]["per_prompt"]["third_reward"] = [
+            3 * x for x in rec["base_eval"]["per_prompt"]["gold_reward"]
+        ]
+        f.write_text(json.dumps(rec))
+    rows = summarise([json.loads(f.read_text()) for f in sorted(tmp_path.glob("dpo*/*/result.json"))])
+    assert rows[0]["third_gain"]["mean"] == pytest.approx(3 * rows[0]["gain"]["mean"])
+    _, tab = write_report([tmp_path], tmp_path / "report")
+    head, sep, row = tab.splitlines()[:3]
+    assert "third-scorer gain [95% CI]" in head and head.count("|") == sep.count("|") == row.count("|")

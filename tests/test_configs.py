@@ -93,3 +93,27 @@ def test_readme_column_mapping_override_composes(tmp_path):
         ]
     )
     assert cfg.data.columns.chosen == "a" and cfg.data.columns.rejected is None
+
+
+@pytest.mark.parametrize("app", ["train", "pipeline"])
+def test_runs_started_in_the_same_second_get_their_own_run_dirs(app, monkeypatch):
+    """Hydra's run and sweep directories carry microseconds: two identical runs started in the same second
+    (here the clock is frozen at one second, its microseconds moving) do not share one directory."""
+    import datetime as dt
+
+    import hydra.core.utils
+
+    ticks = iter(range(1, 1000))
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 12, 3, 14, 0, 0, next(ticks))
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Clock)
+    dirs = []
+    for _ in range(2):
+        cfg = compose([], app, return_hydra_config=True)
+        dirs.append((str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)))
+    assert dirs[0][0] != dirs[1][0] and dirs[0][1] != dirs[1][1], dirs
+    assert all("2026-12-03_14-00-00" in d for pair in dirs for d in pair)  # still sorted by start time

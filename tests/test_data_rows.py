@@ -207,3 +207,26 @@ def test_common_prefix_fallback_never_cuts_inside_a_word(tmp_path, a, b, prompt)
     )
     assert rows[0]["prompt"] == prompt
     assert rows[0]["chosen"] == a[len(prompt) :] and rows[0]["rejected"] == b[len(prompt) :]
+
+
+def test_an_empty_prompt_in_a_prompts_file_is_named_or_counted(tmp_path):
+    rows = [
+        json.dumps({"prompt": "The movie was"}),
+        json.dumps({"prompt": "  "}),
+        json.dumps({"prompt": "It"}),
+    ]
+    path = _jsonl(tmp_path / "prompts.jsonl", rows)
+    with pytest.raises(DataError, match=rf"^{path}:2: field 'prompt' is empty; fix the row, or set "):
+        load_rows(path, "prompts")
+    kept, report = load_rows(path, "prompts", skip_invalid=True)
+    assert [r["prompt"] for r in kept] == ["The movie was", "It"] and report.skipped == {"empty prompt": 1}
+    sft = _jsonl(tmp_path / "sft.jsonl", [json.dumps({"prompt": "", "completion": "text"})])
+    assert load_rows(sft, "sft")[0][0]["prompt"] == ""  # an SFT row may have no prompt (plain text)
+
+
+def test_a_control_character_is_reported_without_a_doubled_word(tmp_path):
+    path = _jsonl(tmp_path / "prompts.jsonl", ['{"prompt": "The\tmovie"}'])
+    with pytest.raises(DataError) as e:
+        load_rows(path, "prompts")
+    assert f"{path}:1: malformed JSON (Invalid control character at column 16)" in str(e.value)
+    assert "at at" not in str(e.value)

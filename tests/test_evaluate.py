@@ -160,6 +160,11 @@ def test_evaluate_app_writes_metrics(tmp_path, tiny_lm):
     assert saved["kl"] == pytest.approx(0.0, abs=1e-5)  # a saved fresh adapter
     assert record["gold_reward"] == saved["gold_reward"]
     assert len((out / "samples.jsonl").read_text().splitlines()) == 3
+    # what alignlab.compare pairs on: the evaluation's fields hashed, and its prompts
+    from alignlab.report_checks import eval_fingerprint, prompts_sha
+
+    assert saved["eval_fingerprint"] == eval_fingerprint(saved) == eval_fingerprint({**saved, "kl": 9.0})
+    assert saved["prompts_sha"] == prompts_sha(PROMPTS[:3]) != prompts_sha(PROMPTS[1:4])
 
 
 def test_reference_must_be_a_reference_model(tiny_lm):

@@ -3,10 +3,8 @@ learns from, the judge config it is used through, and (slow) the cached tuning s
 
 from __future__ import annotations
 
-import io
 import json
 import random
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,19 +13,9 @@ from alignlab.judges.tuning import TuningRecipe, judge_prompt, sft_rows, trainin
 from alignlab.tasks import prepare as prep
 from alignlab.tasks.human_ratings import CORPORA, MOVIES, movie_sentences_in_split, read_corpora
 from alignlab.tasks.sentiment import SentimentTask
-from conftest import compose
+from conftest import compose, tar_gz
 
 WORDS = ["good", "bad", "fine", "dull", "great", "awful", "warm", "cold", "bright", "dark"]
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def fake_sdist(path: Path, n: int = 60) -> Path:
@@ -49,7 +37,7 @@ def fake_sdist(path: Path, n: int = 60) -> Path:
         files[f"hutto_ICWSM_2014/{corpus}_anonDataRatings.txt"] = (
             ("\ufeff" if corpus.startswith("amazon") else "") + "".join(raters)
         ).encode()
-    path.write_bytes(_tar({f"vaderSentiment-3.3.2/{prep.ARCHIVE_MEMBER}": _tar(files)}))
+    path.write_bytes(tar_gz({f"vaderSentiment-3.3.2/{prep.ARCHIVE_MEMBER}": tar_gz(files)}))
     return path
 
 

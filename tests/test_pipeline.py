@@ -209,6 +209,14 @@ def test_every_stage_that_runs_leaves_a_wandb_run_with_its_curves_and_config(tmp
     assert rm.config["algo"]["_target_"].endswith("RewardModule") and "trainer" in rm.config  # full config
     ev = next(r for r in runs if r.job_type == "eval")
     assert ev.config["policy_path"].endswith("policy") and {"win_rate", "gold_reward"} <= set(ev.summary)
+    for kind in ("eval", "eval_base"):  # each evaluation's examples table: prompt, completion, gold
+        run_dir = next(art.glob(f"{kind}/*/wandb/offline-run-*"))
+        (table,) = run_dir.glob("files/media/table/examples_*.table.json")
+        t = json.loads(table.read_text())
+        assert t["columns"] == ["prompt", "completion", "gold"] and len(t["data"]) >= 2, kind
+    (job,) = offline_runs(tmp_path / "run")  # the job's run: the sweep keys and the whole config
+    assert job.config["method"] == "rlhf" and job.config["pipeline"]["method"]["name"] == "rlhf"
+    assert job.config["pipeline"]["profile"] and "hydra" not in job.config["pipeline"]
 
 
 def test_a_mistyped_sweep_value_fails_before_any_stage_runs(tmp_path):

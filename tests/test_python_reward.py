@@ -12,6 +12,7 @@ import torch
 
 from alignlab.rewards.python_fn import PythonFunctionReward
 from alignlab.utils.config import ConfigError
+from alignlab.utils.errors import UserError
 
 
 def exact_answer(prompts: list[str], completions: list[str]) -> list[float]:
@@ -61,13 +62,13 @@ def test_unimportable_function_is_a_config_error(spec, message):
     ("fn", "message"),
     [
         ("too_few", "returned 1 scores for 2 completions"),
-        ("not_finite", r"non-finite score \(nan\) for completion 1"),
+        ("not_finite", r"1 non-finite value\(s\) among 2 completions \(nan for completion 1: 'y'\)"),
         ("not_numbers", "must return a list of numbers"),
     ],
 )
 def test_bad_return_values_are_config_errors(fn, message):
     reward = PythonFunctionReward(f"test_python_reward:{fn}")
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         reward(["a", "b"], ["x", "y"])
 
 
@@ -126,3 +127,42 @@ def test_grpo_tiny_learns_a_python_reward(tmp_path):
     with open(Path(tmp_path) / "run" / "csv" / "metrics.csv") as f:
         scores = [float(r["objective/score"]) for r in csv.DictReader(f) if r.get("objective/score")]
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+
+
+def test_a_nan_reward_stops_training_in_one_line_naming_it(tmp_path, monkeypatch):
+    """Caught where the reward is produced (not as a non-finite loss later): the reward's name, how many
+    values, one completion; exit 2, no traceback."""
+    from test_user_errors import run_app
+
+    (tmp_path / "nan_checks.py").write_text(
+        "def half_nan(prompts, completions):\n"
+        "    return [float('nan') if i % 2 else 0.5 for i in range(len(completions))]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    over = ["experiment=grpo_tiny", "reward@algo.reward=python", "algo.reward.fn=nan_checks:half_nan",
+            "trainer.max_steps=2", "trainer.enable_progress_bar=false", "callbacks=none"]  # fmt: skip
+    code, out, err = run_app("train", over, tmp_path / "run")
+    lines = [x for x in err.splitlines() if x.startswith("alignlab-train:")]
+    assert code == 2 and "Traceback" not in out + err, err[-3000:]
+    assert len(lines) == 1 and "reward python[nan_checks:half_nan] returned" in lines[0], err[-3000:]
+    assert "non-finite value(s) among" in lines[0] and "nan for completion 1:" in lines[0]
+    assert "NonFiniteLoss" not in err
+
+
+def test_any_online_reward_is_checked_where_it_is_produced():
+    from alignlab.rewards.base import CharFractionReward, NonFiniteRewardError, NormalizedReward
+
+    class Broken(CharFractionReward):  # e.g. a reward model whose weights went NaN
+        def __call__(self, prompts, completions):
+            out = super().__call__(prompts, completions)
+            out[1:] = math.inf
+            return out
+
+    reward = NormalizedReward(Broken("a"), normalize=True)
+    long = "b" * 200
+    with pytest.raises(NonFiniteRewardError) as e:
+        reward(["p"] * 3, ["aaa", long, "c"])
+    msg = str(e.value)
+    assert "reward char_fraction[a] returned 2 non-finite value(s) among 3 completions" in msg
+    assert f"inf for completion 1: '{'b' * 80}...'" in msg  # the example, cut
+    assert reward.moments.count == 0  # nothing reached the running statistics

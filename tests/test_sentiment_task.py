@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from alignlab.tasks import prepare as prep
 from alignlab.tasks import scorers
 from alignlab.tasks.sentiment import SentimentTask
 from alignlab.tasks.sentiment_toy import SyntheticSentimentTask
-from conftest import compose
+from conftest import compose, tar_gz
 
 POSITIVE = [
     "This movie is wonderful, a true delight. I loved every minute!",
@@ -131,22 +129,13 @@ def _fake_sdist(path: Path, n: int = 40) -> Path:
     )
     raters = "".join(f"{r['id']}\t{r['rating']}\t0.5\t[1, 2, 3]\r\n" for r in _ratings(n))
 
-    def tar_bytes(files: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as t:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
-
-    inner = tar_bytes(
+    inner = tar_gz(
         {
             f"hutto_ICWSM_2014/{prep.TRUTH_FILE}": truth.encode(),
             f"hutto_ICWSM_2014/{prep.RATERS_FILE}": raters.encode(),
         }
     )
-    path.write_bytes(tar_bytes({f"vaderSentiment-3.3.2/{prep.ARCHIVE_MEMBER}": inner}))
+    path.write_bytes(tar_gz({f"vaderSentiment-3.3.2/{prep.ARCHIVE_MEMBER}": inner}))
     return path
 
 

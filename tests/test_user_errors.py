@@ -74,6 +74,9 @@ MATRIX = [
     Case("no-chat-template", "use_chat_template=true with a model that has no chat template", "train",
          "experiment=sft_tiny data.use_chat_template=true",
          "data.use_chat_template=true but the tokenizer of 'model=tiny' has no chat template"),
+    Case("secret-override", "an API key given on the command line", "label",
+         "task=sentiment_toy model=tiny judge=openai_compatible judge.model=m +judge.api_key=sk-...",
+         "judge.api_key=... on the command line would be written in plain text to .hydra/"),
 ]  # fmt: skip
 
 
@@ -187,7 +190,11 @@ def render(lines: dict[str, str]) -> str:
     for c in MATRIX:
         cmd = f"{c.env} python -m alignlab.{c.app} {c.args.format(dir='<dir>')}".strip()
         out.append(f"| {c.mistake} | `{cmd}` | `{lines[c.id]}` |")
-    return "\n".join(out) + "\n"
+    kept = DOC.read_text().partition(DURING)  # the hand-written section below the table is kept
+    return "\n".join(out) + "\n" + (f"\n{DURING}{kept[2]}" if kept[1] else "")
+
+
+DURING = "## Found during a run"  # heading of docs/errors.md's hand-written section (tested in its own tests)
 
 
 if __name__ == "__main__":  # regenerate docs/errors.md

@@ -68,7 +68,7 @@ def take(c: EvalSamples, idx: np.ndarray, n_cand: int) -> EvalSamples:
 
 
 # what evaluate_policy reports about the policy rather than its samples: the same for every best-of-n point
-POLICY_KEYS = ("precision",)
+POLICY_KEYS = ("precision", "prompts_sha")  # the same prompts as the sampling policy's evaluation
 
 
 def point_metrics(
@@ -90,6 +90,7 @@ def point_metrics(
         lo, hi = bootstrap_mean_ci(values, n_bootstrap, seed=seed)
         m.update({name: float(values.mean()), f"{name}_ci_low": lo, f"{name}_ci_high": hi,
                   f"{name}_std": float(values.std(ddof=1)) if n > 1 else 0.0})  # fmt: skip
+    m["completions"] = list(s.completions)  # the kept completion of each prompt (a later scorer reads them)
     m["completion_length"] = float(s.lengths.mean())
     m["stopped_frac"] = float(s.stopped.mean())
     m["distinct_1"] = distinct_n(s.completions, 1)

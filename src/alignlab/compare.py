@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alignlab.compare_verdict import _pair_verdict, verdict
+from alignlab.compare_matched_kl import matched_kl_report
+from alignlab.compare_verdict import _pair_verdict, audit_cell, replicate_note, verdict
+from alignlab.report_checks import excluded_lines, read_result, screen_results
 from alignlab.stats import (
     format_p,
     holm,
@@ -39,18 +41,19 @@ EQUIVALENCE_MARGIN = 0.1
 difference lies inside ±margin; otherwise a non-significant difference is "inconclusive"."""
 
 
-def find_results(roots: list[Path]) -> list[dict]:
-    """Every ``result.json`` under ``roots`` (a run dir or any parent), newest per (method, seed, variant)."""
+def find_results(roots: list[Path], bad: list | None = None) -> list[dict]:
+    """Every ``result.json`` under ``roots`` (a run dir or any parent), newest per (method, seed, variant);
+    a result file that cannot be read goes into ``bad`` as (path, why) (``alignlab.report_checks``)."""
     found: dict[tuple, dict] = {}
     for root in roots:
         paths = [*Path(root).rglob("result.json"), *Path(root).rglob("*-s[0-9]*.json")]  # + published records
         for path in sorted(set(paths)):
-            try:
-                r = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                print(f"compare: skipping unreadable {path} ({e})", file=sys.stderr)
-                continue
-            if "method" not in r or "eval" not in r:
+            r, why = read_result(path)
+            if why and bad is not None:
+                bad.append((path, why))
+            elif why:
+                print(f"compare: skipping {path}: {why}", file=sys.stderr)
+            if r is None:
                 continue
             r["_path"] = str(path)
             key = (r["method"], r.get("seed"), json.dumps(r.get("variant", {}), sort_keys=True))
@@ -119,7 +122,11 @@ def summarise(results: list[dict]) -> list[dict]:
             "wall_time_s": float(np.mean([r.get("wall_time_s", 0.0) or 0.0 for r in rs])),
             "audit": rs[0].get("label_audit") or {},
         }  # fmt: skip
-        for name, key in (("gold_reward", "gain"), ("second_reward", "second_gain")):
+        for name, key in (
+            ("gold_reward", "gain"),
+            ("second_reward", "second_gain"),
+            ("third_reward", "third_gain"),
+        ):
             d = paired_matrix(rs, name)
             row[key] = None if d is None else paired_gain(d)
             if key == "gain" and d is not None:  # what a run of this size could have detected
@@ -208,21 +215,23 @@ def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
 
 
 def _audit(row: dict) -> str:
-    a = row.get("audit") or {}
-    if row.get("labeller") in (None, "gold") or a.get("gold_accuracy") is None:
-        return "" if row.get("labeller") in (None, "gold") else "n/a"
-    kappa = a.get("gold_kappa", a.get("cohen_kappa"))
-    return f"{a['gold_accuracy']:.0%}" + ("" if kappa is None else f" (κ {kappa:+.2f})")
+    return audit_cell(row["runs"])  # over seeds and per seed (compare_verdict)
 
 
 def table(rows: list[dict]) -> str:
+    third = any(
+        r.get("third_gain") for r in rows
+    )  # a third scorer (scripts/rescore.py) when the runs have one
     head = ("| method | seeds | gold reward | paired gain over base [95% CI] | second-scorer gain [95% CI] | "
-            "KL to ref | judge win rate | labels | judge calls | labeller agreement with gold | wall time |")  # fmt: skip
-    lines = [head, "|" + "---|" * 11]
+            + ("third-scorer gain [95% CI] | " if third else "")
+            + "KL to ref | judge win rate | labels | judge calls | labeller agreement with gold | wall time |")  # fmt: skip
+    lines = [head, "|" + "---|" * (11 + third)]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['seeds']} | {_fmt(r['gold_reward'])} | {_ci(r.get('gain'))} | "
-            f"{_ci(r.get('second_gain'))} | {_fmt(r['kl'])} | {_fmt(r['win_rate'], 2)} | {r['labels']} | "
+            f"{_ci(r.get('second_gain'))} | "
+            + (f"{_ci(r.get('third_gain'))} | " if third else "")
+            + f"{_fmt(r['kl'])} | {_fmt(r['win_rate'], 2)} | {r['labels']} | "
             f"{r['judge_calls']} | {_audit(r)} | {r['wall_time_s']:.0f} s |"
         )
     return "\n".join(lines)
@@ -288,10 +297,13 @@ def provenance(results: list[dict]) -> str:
     return text
 
 
-def write_report(roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_MARGIN) -> tuple[Path, str]:
+def write_report(
+    roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_MARGIN, skip_bad: bool = False
+) -> tuple[Path, str]:
     from alignlab.compare_plots import curves_plot, frontier_plot
 
-    results = find_results(roots)
+    bad: list = []  # unreadable, cut or differently evaluated result files: an error, or with skip_bad left out
+    results, bad = screen_results(find_results(roots, bad), bad, skip_bad)
     if not results:
         raise FileNotFoundError(
             f"no finished runs (result.json) under {', '.join(map(str, roots))}; run the pipeline first "
@@ -300,6 +312,7 @@ def write_report(roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_M
     rows, sweep = split_sweeps(summarise(results))
     pairs = pairwise([r for r in rows if r.get("gain")], margin)
     frontier = frontier_rows(rows, sweep)
+    matched_sentence, matched_section = matched_kl_report(rows, sweep, pairs, margin)
     tab = table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     frontier_plot(results, out_dir / "frontier.png")
@@ -311,16 +324,17 @@ def write_report(roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_M
         seeds = sorted({r.get("seed") for r in results})
         size = (f"{base.get('n')} held-out prompts × {base.get('samples_per_prompt', 1)} samples each, "
                 f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})")  # fmt: skip
+    tasks = sorted({str((r.get("eval") or {}).get("task") or r.get("task")) for r in results})
     parts = [
-        "# alignlab comparison report", "",
+        "# alignlab comparison report", "", f"Task: **{', '.join(tasks)}**.", "",
         f"{len(results)} runs, {len(rows)} methods{f' and {len(sweep)} sweep point(s)' if sweep else ''}; {size}. Every policy, the base included, is evaluated on "
         "the same held-out prompts with the same sampling seeds. **Paired gain** = mean per-prompt difference "
         "from the base policy, 95% CI: over seeds and prompts (a crossed random-effects t interval, Satterthwaite df) "
         "with several seeds, a BCa bootstrap over prompts with one; **↑**/**↓** mark CIs that exclude "
         "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
-        "the Monte-Carlo sequence-level estimate against the reference policy.", "",
+        "the Monte-Carlo sequence-level estimate against the reference policy.", "", *excluded_lines(bad), *([note, ""] if (note := replicate_note(results)) else []),
         *([where, ""] if where else []),
-        "## Verdict", "", verdict(rows, pairs), "", tab, "",
+        "## Verdict", "", " ".join(filter(None, [verdict(rows, pairs), matched_sentence])), "", tab, "",
     ]  # fmt: skip
     if base:
         parts += [f"Base policy: gold reward {base['gold_reward']:+.3f} [{base.get('gold_reward_ci_low', float('nan')):+.3f}, "
@@ -330,6 +344,7 @@ def write_report(roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_M
                   "same intervals, Holm-adjusted over all pairs. A pair that is not significant is called equivalent "
                   f"only when a TOST at ±{pairs[0]['margin']:g} gold reward passes, else inconclusive.", "",
                   pairwise_table(pairs), ""]  # fmt: skip
+    parts += matched_section
     if frontier:
         parts += ["## Frontier: each method over its swept setting", "", "The sweep points (a method rerun "
                   "with one setting changed) beside the method at its own setting on the same seeds. Outside "
@@ -357,14 +372,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/report", help="where report.md and the plots go")
     ap.add_argument("--equivalence-margin", type=float, default=EQUIVALENCE_MARGIN,
                     help="TOST margin in gold reward for calling two methods equivalent (default 0.1)")  # fmt: skip
+    ap.add_argument("--wandb", action="store_true",
+                    help="also log the comparison as one wandb run (offline unless logged in)")  # fmt: skip
+    ap.add_argument("--skip-bad", action="store_true",
+                    help="leave out result files that cannot be paired (listed in the report) instead of stopping")  # fmt: skip
     a = ap.parse_args(argv)
     try:
-        report, tab = write_report([Path(r) for r in a.roots], Path(a.out), a.equivalence_margin)
+        report, tab = write_report([Path(r) for r in a.roots], Path(a.out), a.equivalence_margin, a.skip_bad)
     except FileNotFoundError as e:
         print(f"alignlab-compare: {e}", file=sys.stderr)
         return 2
     print(tab)
     print(f"\nreport: {report}\nplots:  {report.parent / 'frontier.png'}, {report.parent / 'curves.png'}")
+    if a.wandb:  # the report's tables and plots as a wandb run (alignlab.compare_wandb)
+        from alignlab.compare_wandb import log_comparison
+
+        print(f"wandb:  {log_comparison(Path(a.out), [Path(r) for r in a.roots])}")
     return 0
 
 

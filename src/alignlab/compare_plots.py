@@ -97,34 +97,66 @@ def read_curve(csv_path: Path, metric: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def curves_plot(results: list[dict], path: Path) -> Path | None:
-    """One panel per curve kind (``panel`` of each ``curves`` entry, e.g. reward-model score vs judge
-    score never share an axis), x in training samples seen (step x ``samples_per_step``), with markers."""
-    plt = _plt()
-    series = []
+def _points(c: dict) -> tuple[list[float], list[float]]:
+    if c.get("points") is not None:
+        return [p[0] for p in c["points"]], [p[1] for p in c["points"]]
+    if Path(c["csv"]).exists():
+        return read_curve(Path(c["csv"]), c["metric"])
+    return [], []
+
+
+def curve_bands(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """{panel: {method: band}}: each method's (and sweep point's) curves over its seeds, x in training
+    samples seen (step x ``samples_per_step``): ``x``, the ``mean`` over the seeds, the band ``low``/``high``
+    (min and max over the seeds), ``seeds``, and ``scaled`` (x in samples, not steps). Seeds are put on one
+    grid, the union of their x, each by linear interpolation inside its own range only."""
+    import numpy as np
+
+    runs: dict[tuple[str, str], list] = defaultdict(list)
     for r in results:
+        label = r["method"] + (
+            " " + ", ".join(f"{v}" for v in r["variant"].values()) if r.get("variant") else ""
+        )
         for c in r.get("curves", []):
-            if c.get("points") is not None:
-                xs, ys = [p[0] for p in c["points"]], [p[1] for p in c["points"]]
-            elif Path(c["csv"]).exists():
-                xs, ys = read_curve(Path(c["csv"]), c["metric"])
-            else:
-                continue
+            xs, ys = _points(c)
             if xs:
                 per = float(c.get("samples_per_step") or 1)
-                label = f"{r['method']} s{r.get('seed')}" + (f" {r['variant']}" if r.get("variant") else "")
-                series.append((c.get("panel") or c["metric"], label, [x * per for x in xs], ys,
-                               bool(c.get("samples_per_step"))))  # fmt: skip
-    if not series:
+                panel = c.get("panel") or c["metric"]
+                runs[(panel, label)].append(
+                    (np.asarray(xs) * per, np.asarray(ys, dtype=float), bool(c.get("samples_per_step")))
+                )
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (panel, label), curves in sorted(runs.items()):
+        grid = np.unique(np.concatenate([x for x, _, _ in curves]))
+        # (seeds, len(grid)): NaN outside a seed's own range
+        ys = np.stack([np.where((grid >= x.min()) & (grid <= x.max()), np.interp(grid, x, y), np.nan)
+                       for x, y, _ in curves])  # fmt: skip
+        out[panel][label] = {"x": grid, "mean": np.nanmean(ys, axis=0), "low": np.nanmin(ys, axis=0),
+                             "high": np.nanmax(ys, axis=0), "seeds": len(curves),
+                             "scaled": all(s for _, _, s in curves)}  # fmt: skip
+    return dict(out)
+
+
+def curves_plot(results: list[dict], path: Path) -> Path | None:
+    """One panel per curve kind (``panel`` of each ``curves`` entry, e.g. reward-model score vs judge
+    score never share an axis), x in training samples seen; per method its mean over seeds, with the band
+    from the lowest to the highest seed shaded, one colour per method in every panel."""
+    bands = curve_bands(results)
+    if not bands:
         return None
-    panels = sorted({s[0] for s in series})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), dpi=110, squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for _panel, label, xs, ys, _ in (s for s in series if s[0] == panel):
-            ax.plot(xs, ys, marker="o", markersize=3, label=label, linewidth=1.2)
-        scaled = all(s[4] for s in series if s[0] == panel)
+    plt = _plt()
+    labels = sorted({m for panel in bands.values() for m in panel})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(bands), figsize=(4.6 * len(bands), 3.6), dpi=110, squeeze=False)
+    for ax, (panel, methods) in zip(axes[0], sorted(bands.items())):
+        for label, b in methods.items():
+            n = b["seeds"]
+            ax.plot(b["x"], b["mean"], marker="o", markersize=3, linewidth=1.4, color=colours[label],
+                    label=f"{label} (mean of {n} seeds, band min-max)" if n > 1 else f"{label} (1 seed)")  # fmt: skip
+            if n > 1:
+                ax.fill_between(b["x"], b["low"], b["high"], color=colours[label], alpha=0.2, linewidth=0)
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("training samples seen" if scaled else "step")
+        ax.set_xlabel("training samples seen" if all(b["scaled"] for b in methods.values()) else "step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()

@@ -72,3 +72,54 @@ def verdict(rows: list[dict], pairs: list[dict]) -> str:
         out.append(f"With this run's size the minimum detectable gain over base (80% power, α = 0.05) is about "
                    f"{float(np.median(mdes)):.3f} gold reward (median over methods).")  # fmt: skip
     return "".join(out).strip()
+
+
+def audit_cell(runs: list[dict]) -> str:
+    """The labeller's agreement with gold, over seeds and per seed (each seed labels its own pairs)."""
+    audits = [(r.get("seed"), r.get("label_audit") or {}) for r in runs]
+    if runs[0].get("labeller") in (None, "gold"):
+        return ""
+    acc = [(s, a["gold_accuracy"], a.get("gold_kappa", a.get("cohen_kappa"))) for s, a in audits
+           if a.get("gold_accuracy") is not None]  # fmt: skip
+    if not acc:
+        return "n/a"
+    kappas = [k for _, _, k in acc if k is not None]
+    text = f"{np.mean([a for _, a, _ in acc]):.0%}" + (f" (κ {np.mean(kappas):+.2f})" if kappas else "")
+    if len(acc) > 1:
+        text += "; per seed " + ", ".join(f"s{s} {a:.0%}" for s, a, _ in sorted(acc, key=lambda x: str(x[0])))
+    return text
+
+
+def replicate_note(results: list[dict]) -> str:
+    """What the intervals over seeds cover, read off the runs: whether each seed drew its own preference
+    data (its labeller audit differs between seeds) or all seeds share one draw (identical audits)."""
+    import json
+
+    by_labeller: dict = {}
+    for r in results:
+        if r.get("labeller") is None or not r.get("label_audit") or r.get("variant"):
+            continue
+        by_labeller.setdefault(r["labeller"], {})[r.get("seed")] = json.dumps(
+            r["label_audit"], sort_keys=True
+        )
+    multi = {k: v for k, v in by_labeller.items() if len(v) > 1}
+    if not multi:
+        return ""
+    if all(len(set(v.values())) == len(v) for v in multi.values()):
+        return (
+            "**What the intervals cover**: each seed drew its own preference pairs and labels (the labellers' "
+            "audits differ between seeds) and trained its own policies, so an interval over seeds covers "
+            "the data draw, the labels and training; the held-out prompts and the evaluation's sampling seeds "
+            "are common to every method and seed (a paired design), so it covers prompts as a sample of the "
+            "test split, not other evaluation sets."
+        )
+    if all(len(set(v.values())) == 1 for v in multi.values()):
+        return (
+            "**What the intervals cover**: every seed labelled the same preference pairs (identical labeller "
+            "audits on all seeds): an interval over seeds covers training randomness and prompts, "
+            "conditional on that one draw of the data and labels."
+        )
+    return (
+        "**What the intervals cover**: some seeds share a draw of the preference data and some do not (the "
+        "labellers' audits repeat on some seeds): an interval over seeds partly conditions on the data draw."
+    )

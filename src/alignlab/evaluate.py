@@ -144,6 +144,7 @@ def evaluate_policy(
     from alignlab.models.generation import sample
     from alignlab.models.peft import is_peft
     from alignlab.models.reference import ReferenceModel, precision_name
+    from alignlab.report_checks import prompts_sha
     from alignlab.stats import bootstrap_mean_ci
     from alignlab.tasks.pairs import BatchJournal, work_fingerprint
 
@@ -224,6 +225,7 @@ def evaluate_policy(
     )
     # 3. summarise over prompts: the mean of each prompt's k samples, saved per prompt for paired tests
     m: dict = {"n": len(unique), "samples_per_prompt": k, "precision": precision, "per_prompt": {}}
+    m["prompts_sha"] = prompts_sha(unique)  # alignlab.compare pairs only results on the same prompts
     for name, values in (("gold_reward", gold), ("second_reward", second), ("kl", samples.kl)):
         if values is None:
             m[name] = None
@@ -260,6 +262,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from alignlab.models.generation import SamplingConfig
     from alignlab.models.reference import load_policy
+    from alignlab.report_checks import eval_fingerprint
     from alignlab.tasks.pairs import dir_stamp, work_fingerprint
     from alignlab.utils.io import write_json, write_jsonl
 
@@ -321,6 +324,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "sampling": asdict(sampling),
         **metrics,
     }
+    record["eval_fingerprint"] = eval_fingerprint(record)  # what compare's pairing relies on, hashed
     write_json(out / "metrics.json", record)
     if cfg.get("write_samples", True):
         write_jsonl(out / "samples.jsonl", samples.rows())

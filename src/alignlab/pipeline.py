@@ -29,6 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from alignlab.pipeline_record import examples_of, job_config
 from alignlab.utils.errors import hydra_app
 from alignlab.utils.hydra import CONF_DIR
 from alignlab.utils.runtime import configure_runtime, get_logger
@@ -189,7 +190,8 @@ class Runner:
                 if self.wandb_stages and app != "train":  # train stages log through their Lightning logger
                     w = self.wandb_stages
                     log_stage_run(out, OmegaConf.to_container(cfg, resolve=True), info, project=w["project"],
-                                  group=w["group"], job_type=name, name=f"{w['prefix']}-{name}")  # fmt: skip
+                                  group=w["group"], job_type=name, name=f"{w['prefix']}-{name}",
+                                  examples=examples_of(out, 8) if app == "evaluate" else None)  # fmt: skip
             return {**info, "cpu_s": round(time.process_time() - cpu, 1)}
 
         path, rec, cached = self.store.run(kind, spec, timed)
@@ -263,11 +265,16 @@ def run_pipeline(cfg: DictConfig) -> dict:
     stages = stage_list(cfg)
     # every stage's config is built and type-checked before the first stage runs (a typo'd key or a
     # mistyped value in a late stage fails now, not after an hour of earlier stages)
+    from alignlab.judges.option import check_bound_judges
+    from alignlab.tasks import build_task
     from alignlab.utils.hydra import check_types
 
+    task = build_task(cfg.task)  # a task that lacks a method fails now, in one line
     placeholder = {name: Path(PLACEHOLDER) / name for name, _ in stages}
     for _name, stage in stages:
-        check_types(stage_config(cfg, stage, placeholder))
+        scfg = stage_config(cfg, stage, placeholder)
+        check_types(scfg)
+        check_bound_judges(scfg, task)  # a judge made for another task is refused before any stage runs
     configs = {}
     for name, stage in stages:
         # the policy stage is stored under its budget's name (ppo, rloo, dpo): one directory kind per recipe
@@ -294,6 +301,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     labels = next((s["info"] for s in runner.stages if s["name"] == "labels"), {})
     record = {
         "method": cfg.method.name,
+        "task": task.name,
         "labeller": cfg.method.get("labeller"),
         "seed": int(cfg.seed),
         "variant": {k: v for k, v in flatten(OmegaConf.to_container(cfg.variant)).items() if v is not None},
@@ -351,7 +359,7 @@ def log_to_wandb(cfg: DictConfig, record: dict) -> None:
         dir=cfg.paths.output_dir,
         mode=resolve_wandb_mode("auto"),
         tags=[*cfg.get("tags", []), record["method"]],
-        config={k: record[k] for k in ("method", "seed", "variant", "profile")},
+        config=job_config(cfg, record),
         settings=wandb_settings(cfg.wandb.get("console", "auto"), cfg.wandb.get("system_metrics", True)),
     )
     try:

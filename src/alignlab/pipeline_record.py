@@ -50,6 +50,16 @@ def examples_of(eval_dir: Path, n: int = 4) -> list[dict]:
     return out
 
 
+def job_config(cfg: DictConfig, record: dict) -> dict:
+    """The pipeline job's wandb run config: what a sweep varies (method, seed, variant, profile) at the top,
+    as a wandb agent sets it, and the whole resolved config, secrets redacted, under ``pipeline``."""
+    from alignlab.utils.config import redact, to_container
+
+    full = redact(to_container(cfg))
+    full.pop("hydra", None)
+    return {**{k: record[k] for k in ("method", "seed", "variant", "profile")}, "pipeline": full}
+
+
 def machine_summary() -> dict:
     """Where the job ran: CPU model, cores, the accelerator if any (results are compared across machines)."""
     import os

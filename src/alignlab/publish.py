@@ -75,16 +75,23 @@ def publish(cfg: DictConfig, record: dict) -> Path | None:
     small["config_key"] = config_key(cfg)
     write_json(path, small)
     if cfg.publish.get("git_commit"):
-        msg = f"results: {path.stem} ({cfg.profile.name}), gold reward {record['eval']['gold_reward']:+.3f}"
-        for attempt in range(5):  # two jobs finishing together contend for git's index lock
-            try:
-                subprocess.run(["git", "add", str(path)], check=True, capture_output=True, timeout=60)
-                subprocess.run(["git", "commit", "-m", msg, "--", str(path)], check=True, capture_output=True,
-                               timeout=60)  # fmt: skip
-                break
-            except (OSError, subprocess.SubprocessError) as e:  # the file is written either way
-                if attempt == 4:
-                    log.warning("[pipeline] could not commit %s (%s); commit it by hand", path, e)
-                time.sleep(2 + attempt)
+        commit(
+            path,
+            f"results: {path.stem} ({cfg.profile.name}), gold reward {record['eval']['gold_reward']:+.3f}",
+        )
     print(f"[pipeline] published {path}", flush=True)
     return path
+
+
+def commit(path: Path, msg: str) -> None:
+    """Commit that one file to git (``alignlab.tune`` commits its search records the same way)."""
+    for attempt in range(5):  # two jobs finishing together contend for git's index lock
+        try:
+            subprocess.run(["git", "add", str(path)], check=True, capture_output=True, timeout=60)
+            subprocess.run(["git", "commit", "-m", msg, "--", str(path)], check=True, capture_output=True,
+                           timeout=60)  # fmt: skip
+            break
+        except (OSError, subprocess.SubprocessError) as e:  # the file is written either way
+            if attempt == 4:
+                log.warning("[pipeline] could not commit %s (%s); commit it by hand", path, e)
+            time.sleep(2 + attempt)

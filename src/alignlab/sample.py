@@ -1,4 +1,4 @@
-"""Sample app: ``python -m alignlab.sample task=sentiment model=smollm2_135m n_prompts=64``.
+"""Sample app: ``python -m alignlab.sample [task=<name>] model=smollm2_135m n_prompts=64``.
 
 Wiring only: two completions per prompt of the task's split from a policy (the base model, or
 ``policy_path``), written as ``samples.jsonl`` (prompt, first, second) for the label app to label
@@ -24,6 +24,10 @@ def check_sample_config(cfg: DictConfig) -> None:
 
     if cfg.get("n_prompts") is not None and int(cfg.n_prompts) < 1:
         raise ConfigError(f"n_prompts={cfg.n_prompts} must be >= 1 (or null for the whole split)")
+    if int(cfg.get("prompt_offset") or 0) < 0:
+        raise ConfigError(
+            f"prompt_offset={cfg.prompt_offset} must be >= 0 (the number of the split's prompts to skip)"
+        )
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1")
     if cfg.model.get("source") == "hf" and not cfg.model.get("name_or_path"):
@@ -40,6 +44,16 @@ def sample_pair_set(cfg: DictConfig, task, journal: Path):
     from alignlab.tasks.pairs import dir_stamp, sample_pairs, work_fingerprint
 
     prompts = task.prompts(cfg.split)
+    offset = int(cfg.get("prompt_offset") or 0)
+    if offset:
+        if offset >= len(prompts):
+            from alignlab.utils.config import ConfigError
+
+            raise ConfigError(
+                f"prompt_offset={offset}: the {cfg.split} split has only {len(prompts)} prompts; "
+                f"use prompt_offset < {len(prompts)}"
+            )
+        prompts = prompts[offset:]
     if cfg.get("n_prompts"):
         prompts = prompts[: int(cfg.n_prompts)]
     loaded = load_policy(instantiate(cfg.model), cfg.get("policy_path"), cfg.get("device", "auto"))
@@ -52,7 +66,8 @@ def sample_pair_set(cfg: DictConfig, task, journal: Path):
     )
     policy = cfg.get("policy_path")
     plain = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "prompt_format")]
-    work = work_fingerprint(*plain, policy, dir_stamp(policy), cfg.get("device"), cfg.split, loaded.precision)
+    where = cfg.split if not offset else f"{cfg.split}[{offset}:]"  # an unchanged fingerprint without offset
+    work = work_fingerprint(*plain, policy, dir_stamp(policy), cfg.get("device"), where, loaded.precision)
     pairs = sample_pairs(
         model, tok, prompts, sampling, fmt, int(cfg.batch_size), int(cfg.seed), cfg.progress,
         journal_path=journal, fingerprint=work,

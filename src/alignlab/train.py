@@ -21,10 +21,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from alignlab.judges.option import check_bound_judges
     from alignlab.loggers import log_run_config
     from alignlab.models.peft import apply_peft
     from alignlab.tasks import build_task
-    from alignlab.tasks.base import resolve_task_paths
+    from alignlab.tasks.base import check_shipped_data, resolve_task_paths
     from alignlab.utils.checks import check_train_config
     from alignlab.utils.config import save_resolved_config
     from alignlab.utils.hydra import instantiate_dict
@@ -33,11 +34,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     check_train_config(cfg)
     task = build_task(cfg.task) if cfg.get("task") else None  # the run's one task object
     resolve_task_paths(cfg.data, task)
+    check_bound_judges(cfg.get("algo"), task)
     out = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, out)
     # the data is read and validated before the model loads: a bad row costs seconds, not a model load
     datamodule = instantiate(cfg.data)
-    datamodule.read_rows()
+    rows = datamodule.read_rows()
+    check_shipped_data(cfg.data, task, [r.get("prompt", "") for part in rows for r in part])
     check_judge_servers(cfg.get("algo"))
     L.seed_everything(cfg.seed, workers=True)
     log.info("loading model (%s)", cfg.model.source)
@@ -45,6 +48,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule.tokenizer = lm.tokenizer
     policy = apply_peft(lm.model, instantiate(cfg.peft) if cfg.get("peft") else None)
     module = instantiate(cfg.algo, policy=policy, tokenizer=lm.tokenizer)
+    bind_rewards(module, task)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     log_run_config(loggers, cfg)  # the whole resolved config, secrets redacted
@@ -62,6 +66,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         _finish_wandb(loggers)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def bind_rewards(module, task) -> None:
+    """Give the run's task to the rewards that ask about it (a judge's yes/no question or rubric)."""
+    from alignlab.judges.base import bind_task
+
+    if task is None:
+        return
+    reward_fn = getattr(module, "reward_fn", None)
+    for reward in (getattr(reward_fn, "reward", None), *getattr(module, "val_rewards", {}).values()):
+        if reward is not None and hasattr(reward, "set_task"):
+            bind_task(reward, task)
 
 
 def check_judge_servers(node) -> None:

@@ -13,12 +13,21 @@ from pathlib import Path
 import numpy as np
 
 
-def judge_win_rate(judge, prompts: list[str], policy: list[str], reference: list[str], seed: int = 0) -> dict:
+def judge_win_rate(
+    judge, prompts: list[str], policy: list[str], reference: list[str], seed: int = 0, chunk_size: int = 64
+) -> dict:
     """Mean P(policy ≻ reference) over the pairs the judge could decide (a pairwise judge asks both
-    orders), with a bootstrap 95% CI; invalid answers are counted, never scored."""
+    orders), with a bootstrap 95% CI; invalid answers are counted, never scored. The judge is asked
+    ``chunk_size`` pairs at a time under a progress bar (shown on a terminal, as evaluation's sampling)."""
+    from tqdm.auto import tqdm
+
     from alignlab.stats import bootstrap_mean_ci
 
-    results = judge.judge_pairs(prompts, policy, reference)
+    results: list = []
+    starts = range(0, len(prompts), chunk_size)
+    for s in tqdm(starts, desc="judge win rate", unit="chunk", disable=None):
+        e = s + chunk_size
+        results += judge.judge_pairs(prompts[s:e], policy[s:e], reference[s:e])
     p = np.asarray([r["p_first"] for r in results if r.get("p_first") is not None], dtype=float)
     out = {"win_rate_pairs": len(results), "win_rate_invalid": len(results) - int(p.size)}
     if p.size:

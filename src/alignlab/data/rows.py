@@ -84,7 +84,8 @@ def _iter_raw(path: str) -> Any:
                     yield (
                         where,
                         DataError(
-                            f"{where}: malformed JSON ({e.msg} at column {e.colno}); {HINT}", "malformed JSON"
+                            f"{where}: malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno}); {HINT}",
+                            "malformed JSON",
                         ),
                     )
     elif suffix == ".json":
@@ -122,7 +123,7 @@ def _task_prompt_file(url: str) -> str:
     """``task://SPLIT`` paths are resolved by the app from its ``task`` config before data is read."""
     raise DataError(
         f"{url}: task:// paths are read through the app's task; run the train app with task=<name> "
-        "(e.g. task=sentiment), or give a file path",
+        "(task=<name>), or give a file path",
         "missing",
     )
 
@@ -258,7 +259,7 @@ def validate_row(row: Any, kind: str, where: str, columns: dict[str, str] | None
                 f"{where}: field '{src}' must be a string, got {type(v).__name__}; {HINT}",
                 f"non-string {canon}",
             )
-        if canon != "prompt" and not v.strip():
+        if (canon != "prompt" or kind == "prompts") and not v.strip():  # a prompts file: a prompt is its row
             raise DataError(f"{where}: field '{src}' is empty; {HINT}", f"empty {canon}")
     if kind == "preference":
         if out["chosen"] == out["rejected"]:

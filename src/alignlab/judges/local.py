@@ -60,6 +60,7 @@ class LocalJudge(OptionJudge):
         device: str | None = None,
         min_option_mass: float = 0.0,
         min_confidence: float = 0.5,
+        bound_tasks: list[str] | None = None,
     ):
         """
         Args:
@@ -78,6 +79,8 @@ class LocalJudge(OptionJudge):
             min_option_mass: an answer whose options get less next-token probability than this, together,
                 is invalid (the model answered something else); 0 accepts every answer.
             min_confidence: pairs the judge is less sure of become ``unsure`` ties (see ``OptionJudge``).
+            bound_tasks: the only tasks this judge's recipe is made for (its tuning data, its fixed
+                question); judging another task is refused. None: any task.
         """
         super().__init__(
             template, mode, both_orders, tie_margin, batch_size, cache_path, max_text_chars, min_confidence
@@ -88,6 +91,7 @@ class LocalJudge(OptionJudge):
         from alignlab.models import ModelSpec
 
         self.spec = ModelSpec(**model) if isinstance(model, dict) else model
+        self.bound_tasks = list(bound_tasks) if bound_tasks else None
         self.use_chat_template = use_chat_template
         self.answer_prefix = answer_prefix
         self.cot_max_new_tokens = cot_max_new_tokens

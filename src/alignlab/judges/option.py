@@ -67,6 +67,40 @@ def _logit(p: float, eps: float = 1e-6) -> float:
     return math.log(p / (1 - p))
 
 
+def check_bound_task(judge, task) -> None:
+    """One line when ``judge`` is made for other tasks than ``task`` (``judge.bound_tasks``)."""
+    bound = list(getattr(judge, "bound_tasks", None) or [])
+    name = getattr(task, "name", None)
+    if bound and name not in bound:
+        from alignlab.utils.config import ConfigError
+
+        raise ConfigError(
+            f"judge {judge.name!r} is made for task {' / '.join(bound)} (judge.bound_tasks: its recipe asks "
+            f"about that task), not task {name!r}; label with the task's own labeller "
+            f"({getattr(task, 'labeller', None)!r}: drop the judge override) or another conf/judge option"
+        )
+
+
+def check_bound_judges(node, task) -> None:
+    """``check_bound_task`` for every judge config in ``node`` (a stage's config), before anything loads."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if task is None:
+        return
+    if isinstance(node, DictConfig):
+        if node.get("bound_tasks") and "_target_" in node:
+            bound = OmegaConf.to_container(node.bound_tasks, resolve=True)
+            target = str(node._target_).rsplit(".", 1)[-1]
+            check_bound_task(type("judge", (), {"name": target, "bound_tasks": bound})(), task)
+        children = [node[k] for k in node if not OmegaConf.is_missing(node, k) and k != "task"]
+    elif isinstance(node, ListConfig):
+        children = list(node)
+    else:
+        return
+    for child in children:
+        check_bound_judges(child, task)
+
+
 class OptionJudge(PairwiseJudge):
     """Base of LLM judges: subclasses implement ``_answer(queries) -> [{"probs": [..] | None, "raw": str}]``
     and ``identity()``; ``judge`` handles templates, both orders, the cache and the combination."""
@@ -128,6 +162,16 @@ class OptionJudge(PairwiseJudge):
         """Use a task's rubric as the criterion (no effect when the template has a constitution)."""
         if rubric:
             self.template.rubric = rubric
+
+    def set_task(self, task, pointwise: bool = False) -> None:
+        """Judge for ``task``: its rubric, and its yes/no question when asked pointwise (``mode`` or
+        ``pointwise``) and the template has no question of its own. A judge whose recipe is made for
+        other tasks (``bound_tasks``) refuses with one line."""
+        check_bound_task(self, task)
+        self.set_rubric(getattr(task, "rubric", None))
+        question = getattr(task, "question", None)
+        if question and self.template.question is None and (pointwise or self.mode == "pointwise"):
+            self.template.question = question
 
     def template_hash(self) -> str:
         return text_hash(self.template.hash(), self.mode, self.max_text_chars)

@@ -76,7 +76,7 @@ class JudgeTemplate:
     pointwise: str = POINTWISE_USER
     """User message of a pointwise query: ``{text}`` (prompt + response when shown) and ``{question}``."""
     question: str | None = None
-    """The yes/no question of a pointwise query (e.g. "Is this movie review positive?"); None: the criterion."""
+    """The yes/no question of a pointwise query (the task's ``question`` by default); None: the criterion."""
     yes_no: tuple[str, str] = ("yes", "no")
     """Answer options of a pointwise query (positive, negative)."""
     pointwise_includes_prompt: bool = True

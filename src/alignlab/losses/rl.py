@@ -185,18 +185,37 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
 
 
 def token_rewards(
-    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float, kl_penalty: str = "token"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token reward of RLHF (Ziegler et al. 2019): -kl_coef * KL on every token, plus the score on
-    the last real token. scores (B,), kl and mask (B, L). Returns (rewards, non_score_reward), (B, L).
+    """Per-token reward of RLHF (Ziegler et al. 2019): the score on the last real token plus the KL penalty.
+
+    scores (B,), kl and mask (B, L). ``kl_penalty="token"``: -kl_coef * KL_t on every token t (the
+    non-score reward of each token); ``"sequence"``: the whole -kl_coef * sum_t KL_t on the last real token,
+    beside the score (every other token's reward is 0). Both give each sequence the same total reward;
+    they differ in where GAE sees it. Returns (rewards, non_score_reward), (B, L).
     """
+    if kl_penalty not in ("token", "sequence"):
+        raise ValueError(f"kl_penalty={kl_penalty!r}: choose token or sequence")
     m = mask.to(kl.dtype)
     non_score_reward = -kl_coef * kl * m
     last = (torch.arange(mask.shape[-1], device=mask.device) * (mask > 0)).argmax(-1)  # (B,) last real token
+    rows = torch.arange(kl.shape[0], device=kl.device)
+    if kl_penalty == "sequence":  # the sequence's summed penalty moves to its last real token
+        summed = non_score_reward.sum(-1)  # (B,)
+        non_score_reward = torch.zeros_like(non_score_reward)
+        non_score_reward[rows, last] = summed
     rewards = non_score_reward.clone()
-    rows = torch.arange(rewards.shape[0], device=rewards.device)
     rewards[rows, last] += scores.to(rewards.dtype) * (m.sum(-1) > 0).to(rewards.dtype)
     return rewards, non_score_reward
+
+
+def ppo_total_loss(
+    pg_loss: torch.Tensor, vf_loss: torch.Tensor, vf_coef: float, critic_only: bool = False
+) -> torch.Tensor:
+    """PPO's loss: pg_loss + vf_coef * vf_loss; during a value warm-up (``critic_only``) the policy term is
+    dropped, so the update trains the value function alone at the same scale as afterwards."""
+    value_term = vf_coef * vf_loss
+    return value_term if critic_only else pg_loss + value_term
 
 
 def adaptive_kl_coef(kl_coef: float, current_kl: float, target: float, horizon: int, n_steps: int) -> float:

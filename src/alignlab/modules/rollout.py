@@ -189,7 +189,7 @@ class OnlineRLModule(PolicyModule):
         attn = torch.cat([ctx_mask, gen.completion_mask.to(self.device)], 1)
         ctx = ctx_ids.shape[1]
         # 2. score them; completions that never stop are penalised
-        raw = self.reward_fn.reward(prompts, gen.texts).to(self.device).float()
+        raw = self.reward_fn.score(prompts, gen.texts).to(self.device).float()
         # running statistics over every rank's scores, so all ranks normalise alike
         pooled = self.across_ranks(raw) if self.reward_fn.normalize else None
         scores = self.reward_fn.transform(raw, pooled=pooled)
@@ -356,7 +356,7 @@ class OnlineRLModule(PolicyModule):
             self.policy, self.ref_model, qr, attn, ctx_ids.shape[1], temperature, self.forward_batch_size
         )
         self._val["kl"].append((kl * cmask).sum(-1).cpu())
-        self._val["score"].append(self.reward_fn.reward(batch["prompt"], gen.texts).float().cpu())
+        self._val["score"].append(self.reward_fn.score(batch["prompt"], gen.texts).float().cpu())
         self._val["length"].append(cmask.sum(-1).float().cpu())
         for name, fn in self.val_rewards.items():
             self._val[name].append(fn.to(self.device)(batch["prompt"], gen.texts).float().cpu())

@@ -11,6 +11,27 @@ from collections.abc import Sequence
 
 import torch
 
+from alignlab.utils.errors import UserError
+
+
+class NonFiniteRewardError(UserError, ValueError):
+    """A reward returned NaN or ±inf; the message names the reward, the count and an example."""
+
+
+def check_finite(scores: torch.Tensor, name: str, completions: Sequence[str]) -> torch.Tensor:
+    """``scores`` (N,) unchanged when all are finite; else ``NonFiniteRewardError`` naming the reward, how
+    many values, and the first such completion (cut to 80 characters)."""
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if not bad:
+        return scores
+    i, text = bad[0], str(completions[bad[0]])
+    shown = text[:80] + ("..." if len(text) > 80 else "")
+    raise NonFiniteRewardError(
+        f"reward {name} returned {len(bad)} non-finite value(s) among {len(scores)} completions "
+        f"({scores[i].item()} for completion {i}: {shown!r}); make it return finite numbers (a function: "
+        "guard its divisions and parsing; a reward model: check its weights or retrain it)"
+    )
+
 
 class RewardFunction:
     """Scores completions. Subclasses implement ``__call__``; ``to`` moves any network they hold."""
@@ -89,7 +110,11 @@ class NormalizedReward(RewardFunction):
         self.name = reward.name
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
-        return self.transform(self.reward(prompts, completions))
+        return self.transform(self.score(prompts, completions))
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """The wrapped reward's raw scores, checked finite where they are produced."""
+        return check_finite(self.reward(prompts, completions), self.name, completions)
 
     def transform(
         self, scores: torch.Tensor, update: bool = True, pooled: torch.Tensor | None = None

@@ -24,8 +24,8 @@ class GoldReward(RewardFunction):
 
         if task is None:
             raise ConfigError(
-                "the gold reward needs the run's task: add task=<name> (e.g. task=sentiment or "
-                "task=sentiment_toy) to the command"
+                "the gold reward needs the run's task: add task=<name> to the command "
+                "(conf/task, or your own: docs/tasks.md)"
             )
         self.task = build_task(task)
         self.name = f"gold[{self.task.name}]"

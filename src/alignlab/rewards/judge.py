@@ -133,6 +133,10 @@ class JudgeScoreReward(RewardFunction):
         )
         return torch.tensor([v["score"] for v in vals], dtype=torch.float32)
 
+    def set_task(self, task) -> None:
+        """Give the judge the task (its rubric is what the score is about)."""
+        self.judge.set_task(task)
+
     def to(self, device) -> JudgeScoreReward:
         self.judge.to(device)
         return self
@@ -158,8 +162,9 @@ class JudgeYesReward(RewardFunction):
         self.name = "judge_yes"
 
     def set_task(self, task) -> None:
-        """Give the judge the task (its rubric is the criterion when the template asks no question)."""
-        self.judge.set_task(task)
+        """Give the judge the task: its yes/no question, unless the judge's template has its own (the train
+        app calls this with the run's task)."""
+        self.judge.set_task(task, pointwise=True)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         if len(prompts) != len(completions):

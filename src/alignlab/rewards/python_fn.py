@@ -6,12 +6,11 @@ reward.fn=mypkg.checks:score`` calls ``score(prompts, completions) -> list[float
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from alignlab.rewards.base import RewardFunction
+from alignlab.rewards.base import RewardFunction, check_finite
 from alignlab.utils.config import ConfigError
 
 
@@ -67,13 +66,7 @@ class PythonFunctionReward(RewardFunction):
                 f"reward.fn={self.spec!r} returned {len(values)} scores for {len(completions)} completions; "
                 "return one number per completion"
             )
-        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-        if bad:
-            raise ConfigError(
-                f"reward.fn={self.spec!r} returned a non-finite score ({values[bad[0]]}) for completion "
-                f"{bad[0]} ({len(bad)} in all); return finite numbers"
-            )
-        return torch.tensor(values, dtype=torch.float32)
+        return check_finite(torch.tensor(values, dtype=torch.float32), self.name, completions)
 
 
 def check_python_rewards(node, prefix: str = "algo.") -> None:

@@ -263,7 +263,9 @@ def describe(out_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``alignlab-prepare [--task sentiment] [--force] [--archive SDIST] [--agreement]``."""
     ap = argparse.ArgumentParser(prog="alignlab-prepare", description="Prepare a task's prompts (cached).")
-    ap.add_argument("--task", default="sentiment", help="a conf/task option (default: sentiment)")
+    ap.add_argument(
+        "--task", default="sentiment", help="a conf/task option or a task YAML's path (default: sentiment)"
+    )
     ap.add_argument(
         "--cache-dir", default=None, help="cache root (default: $ALIGNLAB_CACHE or ~/.cache/alignlab)"
     )
@@ -278,6 +280,13 @@ def main(argv: list[str] | None = None) -> None:
     from alignlab.tasks import compose_task
 
     task = compose_task(args.task, cache_dir=args.cache_dir, archive=args.archive, seed=args.seed)
+    if not hasattr(task, "prepare"):  # no build step: its prompt files are written from prompts()
+        for split in task.splits:
+            path = task.prompt_file(split)
+            print(f"[alignlab] {task.name} {split}: {len(task.prompts(split))} prompts ({path})", flush=True)
+        if args.agreement:
+            print(f"[alignlab] {task.name}: no human ratings to measure the scorers against", flush=True)
+        return
     cached = not args.force and split_paths(task.prompt_dir) is not None
     out_dir = task.prepare(force=args.force)  # prints the split sizes when it builds them
     if cached:

@@ -2,7 +2,8 @@
 
 The offline counterpart of the DPO paper's IMDb experiment. Prompts are openings of human-rated
 Rotten Tomatoes review sentences (prepared on first use, see ``alignlab.tasks.prepare``); the gold reward
-is the VADER compound score of the completion; AFINN is reported beside it as an independent check.
+is the VADER compound score of the completion; AFINN is reported beside it as a second scorer, and a
+ridge model fitted on human ratings (``alignlab.tasks.learned_scorer``, no lexicon) as a third.
 
 Prompt format (measured, see docs/sentiment_task.md): the prompt is the opening after a short header,
 ``Movie review: <opening>``, fed to the model as plain text (``use_chat_template: false``), so the model
@@ -19,6 +20,7 @@ import numpy as np
 
 from alignlab.tasks import prepare as prep
 from alignlab.tasks.base import Task
+from alignlab.tasks.learned_scorer import NgramRidge, RidgeRecipe, ensure_model
 from alignlab.tasks.scorers import afinn_polarity, pearson, spearman, vader_compound
 from alignlab.utils.io import write_json
 
@@ -35,6 +37,10 @@ class SentimentTask(Task):
 
     name = "sentiment"
     rubric = RUBRIC
+    question = "Is the sentiment of this text positive?"  # what the tuned labeller was tuned to answer
+    max_prompt_tokens = 64  # prompts are "Movie review: " + 2-8 words (under 32 tokens)
+    max_new_tokens = 48
+    labeller = "tuned_smollm2"  # tuned on the human ratings of this task's source (docs/rlaif.md)
     splits = prep.SPLITS
 
     def __init__(
@@ -88,6 +94,7 @@ class SentimentTask(Task):
             cache_dir = str(default_cache_dir())
         self.task_dir = Path(cache_dir).expanduser() / "tasks" / self.name
         self._prompts: dict[str, list[str]] = {}
+        self._learned: NgramRidge | None = None
 
     # -- prompts -----------------------------------------------------------------------------------------
     @property
@@ -142,6 +149,37 @@ class SentimentTask(Task):
     def second_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """tanh(AFINN sum / afinn_scale) of the same texts, shape (N,), in (-1, 1)."""
         return afinn_polarity(self._texts(prompts, completions), self.afinn_scale)
+
+    def third_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """The learned scorer of the same texts: ridge on word uni/bi-grams fitted on human ratings
+        (``learned_scorer``), clip(predicted rating / 4, -1, 1), shape (N,); shares no lexicon with VADER."""
+        texts = self._texts(prompts, completions)
+        return self.learned_scorer().score(texts)
+
+    def learned_scorer_rows(self, human_rows: list[dict]) -> list[dict]:
+        """What the learned scorer is fitted on: the tweets, Amazon and NYT sentences, and the movie-review
+        sentences of the task's train split only (never a sentence whose opening is a val/test prompt)."""
+        from alignlab.tasks.human_ratings import MOVIES, movie_sentences_in_split
+
+        train = movie_sentences_in_split(self, [r for r in human_rows if r["corpus"] == MOVIES], "train")
+        return [r for r in human_rows if r["corpus"] != MOVIES] + train
+
+    def learned_scorer(self, recipe: RidgeRecipe = RidgeRecipe()) -> NgramRidge:
+        """The fitted learned scorer, cached under ``<task dir>/learned_scorer`` (a few seconds the first
+        time; the human ratings are fetched with the source archive on first use)."""
+        if self._learned is None or self._learned.recipe != recipe:
+            from alignlab.tasks.human_ratings import ensure_human_ratings
+
+            rows = self.learned_scorer_rows(
+                prep.read_jsonl(ensure_human_ratings(self.task_dir, self.archive))
+            )
+            self._learned = ensure_model(
+                self.task_dir / "learned_scorer",
+                [r["text"] for r in rows],
+                [r["rating"] for r in rows],
+                recipe,
+            )
+        return self._learned
 
     def scorer_agreement(self) -> dict:
         """Pearson and Spearman correlation of each scorer with the mean human rating of the review

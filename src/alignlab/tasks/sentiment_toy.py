@@ -46,5 +46,9 @@ class SyntheticSentimentTask(SentimentTask):
         )
         return self.prompt_dir
 
+    def third_scores(self, prompts, completions) -> None:
+        """None: the learned scorer is fitted on the human ratings of task sentiment's splits, not these."""
+        return None
+
     def scorer_agreement(self) -> dict:
         raise NotImplementedError("sentiment_toy has no human ratings; use task sentiment")

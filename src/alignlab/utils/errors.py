@@ -82,6 +82,16 @@ def hydra_app(
         @functools.wraps(fn)
         def main(cfg_passthrough=None):
             entered[0] = False
+            if cfg_passthrough is None:  # a secret on the command line: refused before Hydra writes .hydra/
+                from alignlab.utils.cli_secrets import check_argv
+
+                try:
+                    check_argv(sys.argv[1:])
+                except UserError as e:
+                    if full_error():
+                        raise
+                    report(prog, e)
+                    sys.exit(EXIT_USER_ERROR)
             try:
                 return hydra_main(cfg_passthrough)
             except SystemExit as e:

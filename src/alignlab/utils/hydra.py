@@ -59,11 +59,30 @@ def _cpu_precision() -> str:
     return cpu_precision()
 
 
+def _task_attr(key: str, *, _root_: Any) -> Any:
+    from alignlab.tasks.base import task_setting
+
+    return task_setting(_root_.get("task"), key)
+
+
+def _task_tags(*tags: str, _root_: Any) -> list[str]:
+    from alignlab.tasks.base import task_tags
+
+    return task_tags(*tags, task_cfg=_root_.get("task"))
+
+
 def register_resolvers() -> None:
+    # ${task_attr:max_new_tokens}: the run's task's setting (alignlab.tasks.base.SETTINGS);
+    # ${task_tags:dpo,lora}: these tags and the task's; ${min:a,b}: a budget's cap on a task's length;
+    # ${add:a,b}: a sequence length from a prompt and a completion length
     for name, fn in (
         ("resource", _resource),
         ("alignlab_cache", _cache_dir),
         ("cpu_precision", _cpu_precision),
+        ("task_attr", _task_attr),
+        ("task_tags", _task_tags),
+        ("min", min),
+        ("add", lambda *xs: sum(xs)),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
