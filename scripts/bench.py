@@ -84,6 +84,7 @@ FRAMEWORKS = {
     "dpo": ["alignlab", "trl"],
     "reward": ["alignlab", "trl"],
     "rl": ["alignlab-ppo", "alignlab-rloo", "trl-rloo"],
+    "grpo": ["alignlab-grpo", "trl-grpo"],  # scripts/bench_grpo.py: its own A/B over seeds, with CIs
 }
 # (metric, higher is better, kind): kind "ratio" reports alignlab / TRL, "delta" reports alignlab - TRL
 METRICS = {
@@ -435,7 +436,7 @@ def merge(path: Path, size: str, rows: list[dict] | None, meta: dict | None, sca
 # Sections of results.md that this script does not generate, kept across regenerations in this order after
 # the generated tables: the bf16 / fp32 measurements (written by hand, from bench/bf16*.json and the runs
 # they cite) and scripts/bench_vllm.py's section (which it rewrites at the end of the file).
-KEPT_SECTIONS = ("\n## bf16 / fp32 per stage (alignlab)", "\n## vLLM rollout engine")
+KEPT_SECTIONS = ("\n## GRPO against TRL", "\n## bf16 / fp32 per stage (alignlab)", "\n## vLLM rollout engine")
 
 
 def write_outputs(out_dir: Path, doc: dict) -> None:
@@ -471,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench_workers import run_worker
 
         case, fw, settings, result = args.worker
+        if case == "grpo":
+            import bench_grpo  # noqa: F401  (registers its workers)
         res = run_worker(case, fw, json.loads(settings))
         Path(result).write_text(json.dumps(res))
         return 0
@@ -502,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="alignlab-bench-") as work:
         paths = write_data(Path(work), args.size)
         for case in cases:
+            if case == "grpo":
+                from bench_grpo import run_grpo
+
+                rows += run_grpo(args.size, paths, max(args.repeats, 2), args.timeout, args.precision)
+                continue
             print(
                 f"[bench] {case} on {args.size}: {args.warmup_runs} warm-up + {args.repeats} A/B rounds",
                 flush=True,
@@ -521,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc = merge(out_dir / "results.json", args.size, rows, meta, None)
     write_outputs(out_dir, doc)
+    if "grpo" in cases:
+        from bench_grpo import write_report
+
+        write_report(out_dir / "results.md", doc)
     print(markdown(doc))
     return 0
 

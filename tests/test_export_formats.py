@@ -117,3 +117,20 @@ def test_saved_tokenizer_pads_right_after_left_padded_use(tmp_path):
     assert (
         json.loads((tmp_path / "out" / "tokenizer.json").read_text())["padding"] is None
     )  # raw tokenizers too
+
+
+def test_saved_tokenizer_pads_right_where_its_class_pads_left(tmp_path):
+    """Gemma's tokenizer class pads left by default and its saved config names no side: the export must
+    write the side it was trained and checked with, or a user's reload pads left."""
+    import json
+
+    gemma_like().save_pretrained(tmp_path / "src")
+    config_file = tmp_path / "src" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("padding_side", None)
+    config_file.write_text(json.dumps({**config, "tokenizer_class": "GemmaTokenizer"}))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "src")
+    assert type(tok).__name__ == "GemmaTokenizer" and tok.padding_side == "left"  # the class default
+    tok.padding_side = "right"  # as alignlab prepares it (models.loader.prepare_tokenizer)
+    export._save_tokenizer(tok, tmp_path / "out")
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").padding_side == "right"

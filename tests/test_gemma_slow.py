@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from alignlab.data.tokenize import Formatter, encode_prompt
 from alignlab.models import ModelSpec
-from alignlab.models.gemma_bundled import converted_dir, installed_chunks
+from alignlab.models.gemma_bundled import HUB_ID, converted_dir, installed_chunks
 from alignlab.models.generation import SamplingConfig, sample
 from conftest import compose
 from offline_tokenizers import GEMMA_TEMPLATE
@@ -60,6 +61,29 @@ def chat_tok(gemma):
 def _bos_once(ids, bos: int) -> bool:
     ids = list(ids)
     return ids[0] == bos and ids.count(bos) == 1
+
+
+@contextmanager
+def _embedded_ids(vocab_size: int):
+    """Every batch of token ids any token embedding of ``vocab_size`` rows looks up meanwhile: what a
+    training run really fed its model, after collation and padding."""
+    seen: list[torch.Tensor] = []
+
+    def record(module, args):
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab_size:
+            seen.append(args[0].detach().clone())
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def _fed_bos_once(seen: list[torch.Tensor], tok) -> bool:
+    """Every row of every recorded batch, pads removed, starts with ``<bos>`` and holds it once."""
+    rows = [row[row != tok.pad_token_id].tolist() for batch in seen for row in batch]
+    return bool(rows) and all(_bos_once(r, tok.bos_token_id) for r in rows)
 
 
 def test_loads_with_its_own_tokenizer_and_provenance(gemma):
@@ -187,3 +211,92 @@ def test_local_judge_feeds_bos_once(gemma, chat_tok, chat):
     ((ids, mask),) = seen  # one query, one forward pass
     assert all(_bos_once(row[m].tolist(), tok.bos_token_id) for row, m in zip(ids, mask)), ids
     assert label["verdict"] in ("first", "second", "tie") and label["p_first"] is not None
+
+
+def test_sft_steps_train_on_bos_prompts_and_the_adapter_exports_with_gemma_terms(tmp_path, gemma):
+    from alignlab.export import export_adapter
+    from alignlab.train import train
+
+    tok = gemma.tokenizer
+    over = ["experiment=sft_tiny", *SHORT, f"paths.output_dir={tmp_path}", "data.batch_size=2"]
+    with _embedded_ids(gemma.model.config.vocab_size) as seen:
+        metrics, objs = train(compose(over))
+    assert objs["trainer"].global_step == 2 and math.isfinite(metrics["val/loss"])
+    row = objs["datamodule"].train_set[0]
+    assert _bos_once(row["prompt_ids"], tok.bos_token_id)
+    assert tok.bos_token_id not in row["completion_ids"] and row["completion_ids"][-1] == tok.eos_token_id
+    assert len(seen) >= 3 and _fed_bos_once(seen, tok)  # two training batches and a validation batch
+    assert any(p.abs().sum() > 0 for n, p in objs["module"].policy.named_parameters() if "lora_B" in n)
+    out = export_adapter(tmp_path / "policy", tmp_path / "adapter")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_ID
+    _assert_gemma_terms(out)
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory, gemma):
+    """A Gemma reward model (LoRA + head) trained two steps through the train app, and what it was fed."""
+    from alignlab.train import train
+
+    out = tmp_path_factory.mktemp("gemma_reward")
+    over = ["experiment=reward_tiny", *SHORT, f"paths.output_dir={out}", "data.batch_size=2"]
+    with _embedded_ids(gemma.model.config.vocab_size) as seen:
+        metrics, objs = train(compose([*over, "algo.plot_calibration=false"]))
+    return out, metrics, objs, seen
+
+
+def test_reward_model_steps_train_on_bos_prompts(reward_run, gemma):
+    out, metrics, objs, seen = reward_run
+    tok = gemma.tokenizer
+    assert objs["trainer"].global_step == 2 and math.isfinite(metrics["val/loss"])
+    row = objs["datamodule"].train_set[0]
+    assert _bos_once(row["prompt_ids"], tok.bos_token_id)
+    assert tok.bos_token_id not in row["chosen_ids"] + row["rejected_ids"]
+    assert len(seen) >= 3 and _fed_bos_once(seen, tok)
+    assert any(p.abs().sum() > 0 for n, p in objs["module"].policy.named_parameters() if "lora_B" in n)
+    rcfg = json.loads((out / "policy" / "reward_config.json").read_text())
+    assert rcfg["base_model"]["source"] == "gemma3_270m" and rcfg["peft"]
+
+
+def test_reward_model_export_scores_like_alignlab_by_the_standard_call(reward_run, gemma, tmp_path):
+    """``alignlab-export`` on the Gemma reward model: the standard ``model(**tokenizer(texts))`` call on the
+    export alone puts ``<bos>`` in front once and gives alignlab's scores (less the recorded offset)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignlab.data.collate import join
+    from alignlab.export import main
+    from alignlab.models.heads import sequence_scores
+
+    run, _metrics, objs, _seen = reward_run
+    assert main([str(run / "policy"), str(tmp_path / "hf")]) == 0
+    prompts = ["The book was", "The film was", "Review:"]
+    completions = [" a delight from start to finish.", " dull and far too long.", " Terrible."]
+    fmt = Formatter(gemma.tokenizer, "auto")  # the trained module's scores, as alignlab encodes the texts
+    p_ids = [fmt.prompt_ids(p) for p in prompts]
+    c_ids = [fmt.completion_ids(c, len(p)) for p, c in zip(p_ids, completions)]
+    ids, mask, _ = join(p_ids, c_ids, gemma.tokenizer.pad_token_id)
+    module = objs["module"].eval()
+    with torch.no_grad():
+        ours = sequence_scores(module.policy, module.head, ids, mask).float()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    inputs = tok([p + c for p, c in zip(prompts, completions)], padding=True, return_tensors="pt")
+    assert tok.padding_side == "right"
+    ids = [r[m.bool()].tolist() for r, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+    assert all(_bos_once(r, tok.bos_token_id) and r[-1] == tok.eos_token_id for r in ids), ids
+    with torch.no_grad():
+        theirs = model(**inputs).logits[:, 0]
+    offset = model.config.to_dict().get("alignlab_score_offset", 0.0)  # Gemma's RMSNorm has no bias
+    assert torch.allclose(theirs + offset, ours, rtol=1e-4, atol=1e-3), (theirs + offset, ours)
+    assert ours.std() > 1e-3  # distinct texts, distinct scores: the comparison can tell them apart
+    _assert_gemma_terms(tmp_path / "hf")
+
+
+def _assert_gemma_terms(out) -> None:
+    """An export of a Gemma model carries the NOTICE the Gemma Terms of Use require, and its card names them."""
+    notice = (out / "NOTICE").read_text()
+    assert (
+        "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
+        in notice
+    )
+    card = (out / "README.md").read_text()
+    assert "license: gemma" in card and "https://ai.google.dev/gemma/terms" in card

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.judges.tuning import TuningRecipe, judge_prompt, sft_rows, training_sentences, vote
+from alignlab.judges.tuning import TuningRecipe, judge_prompt, sft_rows, vote
 from alignlab.tasks import prepare as prep
 from alignlab.tasks.human_ratings import CORPORA, MOVIES, movie_sentences_in_split, read_corpora
 from alignlab.tasks.sentiment import SentimentTask
+from alignlab.tasks.sentiment_judge_data import training_sentences
 from conftest import compose, tar_gz
 
 WORDS = ["good", "bad", "fine", "dull", "great", "awful", "warm", "cold", "bright", "dark"]
@@ -65,7 +66,7 @@ def test_the_judge_never_trains_on_val_or_test_movie_sentences(fake_task):
     train_openings = {r["opening"] for r in prep.read_jsonl(task.prompt_file("train"))}
     p = task.params
     recipe = TuningRecipe(n_train=1000, n_val=0, max_chars=1000)
-    sentences = training_sentences(task, recipe, rows)
+    sentences = training_sentences(task, CORPORA, rows)
     movies = [r for r in sentences if r["corpus"] == MOVIES]
     assert movies and len(movies) < 60  # some movie sentences, not all
     for r in movies:
@@ -105,8 +106,10 @@ def test_sft_rows_ask_the_judges_question_and_answer_yes_or_no():
         {"corpus": "tweets", "id": str(i), "text": f"t{i}", "rating": r, "ratings": None}
         for i, r in enumerate([2, -1, 0, 3, -2])
     ]
+    sentences.insert(0, {"corpus": "tweets", "id": "long", "text": "t" * 201, "rating": 1, "ratings": None})
     train, val = sft_rows(recipe, sentences)
     assert len(train) == 3 and len(val) == 1  # the neutral sentence gives no vote
+    assert "long" not in {r["id"] for r in train + val}  # longer than max_chars: left out
     for row in train + val:
         s = next(x for x in sentences if x["id"] == row["id"])
         assert row["prompt"] == judge_prompt(recipe, s["text"])
@@ -155,7 +158,7 @@ def test_tuning_stage_trains_once_then_is_cached(tmp_path, monkeypatch):
     }
     recipe = dict(n_train=24, n_val=4, steps=3, batch_size=4, lora_layers=0, precision="32-true")
     base = ModelSpec(source="tiny", dtype="float32", cache_dir=str(tmp_path / "cache"))
-    path = ensure_tuned_judge(TuningRecipe(**recipe), base, task)
+    path = ensure_tuned_judge(TuningRecipe(**recipe), base, task)  # the task supplies the data
     assert (path / "adapter_config.json").exists()
     art = path.parent.parent
     info = json.loads((art / "tuning.json").read_text())
@@ -204,7 +207,9 @@ def test_auto_precision_is_resolved_into_the_judges_key(monkeypatch, tmp_path):
             cpu_precision.cache_clear()
             assert tuning.resolve_precision("auto") == precision
             assert tuning.resolve_precision("16-mixed") == "16-mixed"  # an explicit choice is kept
-            spec = tuning.TunedJudgeSpec(cache_dir=str(tmp_path), tuning={"precision": "auto"})
+            spec = tuning.TunedJudgeSpec(
+                cache_dir=str(tmp_path), tuning={"precision": "auto"}, task="sentiment"
+            )
             assert spec.recipe().precision == precision
             ids[precision] = spec.identity()
     finally:

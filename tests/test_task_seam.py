@@ -16,20 +16,16 @@ from conftest import REPO, compose
 
 # The bundled task's own files: the only ones in src/ and conf/ that may name it. Each entry says why.
 TASK_OWN = [
-    "src/alignlab/tasks/sentiment*.py",  # the task itself, its toy variant, its scorer audit
+    "src/alignlab/tasks/sentiment*.py",  # the task itself, its toy variant, its scorer audit, its judge data
     "src/alignlab/tasks/human_ratings.py",  # the human ratings of its source archive
     "src/alignlab/tasks/prepare.py",  # its prepare step (fetches and splits its source)
     "src/alignlab/tasks/scorers.py",  # its gold and second scorers (VADER, AFINN)
-    "src/alignlab/judges/tuning.py",  # the recipe of the judge tuned on its human ratings
     "conf/task/sentiment*.yaml",  # its configs
     "conf/task/default.yaml",  # the one place the bundled default task is chosen
     "conf/task/toy.yaml",  # the one place the tiny profile's toy task is chosen
     "conf/data/sentiment_prompts*.yaml",  # its prompt data configs
     "conf/experiment/*_sentiment.yaml",  # its recipes with their measured numbers
     "conf/comparison/sentiment.yaml",  # its comparison
-    "conf/constitution/positive_review.yaml",  # principles about its criterion
-    "conf/judge/tuned_smollm2.yaml",  # the judge tuned on its ratings (bound_tasks)
-    "conf/judge/smollm2_135m_pointwise.yaml",  # a framing picked on its rated pairs (bound_tasks)
 ]
 WORDS = re.compile(r"sentiment|movie", re.I)
 
@@ -237,3 +233,85 @@ def test_shipped_demo_data_is_refused_for_another_task(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path))
     toy = build_task(compose(["task=toy", f"paths.output_dir={tmp_path}"], "evaluate").task)
     check_shipped_data(data, toy, prompts)  # the demo data is the toy task's own
+
+
+# -- judges read the task's framing, principles and tuning data ---------------------------------------------
+def _judge(task: str | dict, overrides: list[str]):
+    """The label app's judge for ``task`` (a conf/task name or a task config), given that task."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf, open_dict
+
+    from alignlab.tasks import build_task
+
+    cfg = compose([*overrides, "paths.output_dir=/tmp/x", "paths.cache_dir=/tmp/x"], "label")
+    if isinstance(task, dict):
+        with open_dict(cfg):
+            cfg.task = OmegaConf.create(task)
+    else:
+        cfg = compose(
+            [f"task={task}", *overrides, "paths.output_dir=/tmp/x", "paths.cache_dir=/tmp/x"], "label"
+        )
+    judge = instantiate(cfg.judge)
+    judge.set_task(build_task(cfg.task))
+    return judge
+
+
+def test_the_pointwise_judge_asks_in_the_tasks_framing():
+    from alignlab.judges.templates import POINTWISE_USER
+
+    own = _judge("sentiment", ["judge=smollm2_135m_pointwise"]).template
+    task = build_task_of("sentiment")
+    assert (own.pointwise, own.question) == (task.pointwise, task.pointwise_question)
+    assert own.pointwise_includes_prompt is False and own.question != task.question
+    other = _judge(_task_cfg("Brevity"), ["judge=smollm2_135m_pointwise"]).template
+    assert (other.pointwise, other.question) == (POINTWISE_USER, Brevity.question)
+    assert other.pointwise_includes_prompt is True  # a task's own response is judged with its prompt
+
+
+def test_the_task_constitution_holds_the_tasks_principles():
+    c = _judge(
+        "sentiment", ["judge=smollm2_135m", "+constitution@judge.template.constitution=task"]
+    ).template.constitution
+    assert c.principles and list(c.principles) == list(build_task_of("sentiment").principles)
+    principles = ["Which response is shorter?", "Which response is closer to eight words?"]
+    mine = _judge(
+        _task_cfg("Brevity", principles=principles),
+        ["judge=smollm2_135m", "+constitution@judge.template.constitution=task"],
+    )
+    assert list(mine.template.constitution.principles) == principles
+    from hydra.errors import InstantiationException
+
+    from alignlab.utils.app import user_error_of
+
+    with pytest.raises(InstantiationException) as e:  # a task without principles: one line, the fix
+        _judge(_task_cfg("Brevity"), ["judge=smollm2_135m", "+constitution@judge.template.constitution=task"])
+    assert "principles setting" in str(user_error_of(e.value))
+
+
+def test_the_tuned_judge_learns_what_the_task_hands_over():
+    sentiment = _judge("sentiment", ["judge=tuned_smollm2"])
+    toy = _judge("toy", ["judge=tuned_smollm2"])
+    assert sentiment.spec.task == toy.spec.task == build_task_of("sentiment").judge_data
+    assert sentiment.identity() == toy.identity()  # the toy task's judge is the bundled task's
+    assert sentiment.spec.recipe().corpora == build_task_of("sentiment").judge_tuning_data().sources
+    assert sentiment.template.question == build_task_of("sentiment").question
+
+
+def test_a_task_without_tuning_data_is_refused_by_the_tuned_judge_in_one_line():
+    from alignlab.judges.tuning import TunedJudgeSpec, TuningRecipe, judge_data
+    from alignlab.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="brevity_unit") as e:
+        _judge(_task_cfg("Brevity"), ["judge=tuned_smollm2"])
+    assert "judge_data" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="brevity_unit.*judge_tuning_data") as e:
+        judge_data(Brevity(), TuningRecipe())  # a task that names itself but has no data
+    with pytest.raises(ConfigError, match="judge_data") as e:
+        TunedJudgeSpec(tuning={}, task=None).identity()
+    assert "\n" not in str(e.value)
+
+
+def build_task_of(name: str):
+    from alignlab.tasks import compose_task
+
+    return compose_task(name, cache_dir="/tmp/x")

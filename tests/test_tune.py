@@ -71,6 +71,9 @@ def test_tuned_quick_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
         published = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob(f"{method}-s0*.json")]
         assert len(published) == 1 and published[0]["eval"]["split"] == "test"
         assert published[0]["variant"] == best["variant"]
+        assert published[0]["tuned"] == "tuned_quick"  # alignlab.compare keeps it apart from default runs
+        run_dir = tmp_path / "tune" / method / "final-s0"
+        assert json.loads((run_dir / "result.json").read_text())["tuned"] == "tuned_quick"
         assert rec["cost"]["search_cpu_s"] > 0 and all(t["cpu_s"] is not None for t in trials)
         on_disk = json.loads((tmp_path / "search" / f"{method}.json").read_text())
         assert on_disk["best"]["number"] == best["number"]
@@ -80,6 +83,17 @@ def test_tuned_quick_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
         upb = t["variant"]["algo.ppo_epochs"] * t["variant"]["algo.num_minibatches"]
         assert t["variant"].get("trainer.max_steps", 4) == 2 * upb, t["variant"]  # tiny: 2 batches of 1 x 2
     assert space["updates_per_batch"]
+    # the report: per method its trials, plot and cost; the study carries each trial's cost too
+    report = (tmp_path / "tuning.md").read_text()
+    for method, rec in records.items():
+        assert (tmp_path / f"tuning-{method}.png").exists() and f"## {method}" in report
+        assert f"Chosen: trial {rec['best']['number']} " in report
+        import optuna
+
+        study = optuna.load_study(
+            study_name=method, storage=f"sqlite:///{tmp_path / 'tune' / f'{method}.db'}"
+        )
+        assert [t.user_attrs["cpu_s"] for t in study.trials] == [t["cpu_s"] for t in rec["trials"]]
 
     # a rerun of the same command runs nothing and chooses the same
     again, calls = _run(tmp_path, monkeypatch)
@@ -131,6 +145,18 @@ def test_budget_values_keep_the_profiles_data():
     assert budget_values(base, {"passes": 2}, {"passes": [1, 2]}) == {"trainer.max_steps": 20}
     keep = {"keep_product": ["data.batch_size", "algo.max_new_tokens"]}  # batch 16 x 8 tokens kept
     assert budget_values(base, {"algo.max_new_tokens": 32}, keep) == {"data.batch_size": 4}
+    # GRPO's space: num_iterations updates per rollout batch, prompts per batch x k kept
+    grpo = compose(["experiment=grpo_smollm2", "paths.output_dir=/tmp/unused", "trainer.max_steps=8",
+                    "algo.num_iterations=2", "data.batch_size=4", "algo.k=4"])  # fmt: skip  # 4 batches of 16
+    search = load_space("rlhf_grpo")[1]
+    assert budget_values(grpo, {"algo.num_iterations": 4, "algo.k": 8}, search) == {
+        "trainer.max_steps": 16,
+        "data.batch_size": 2,
+    }
+    assert budget_values(grpo, {"algo.num_iterations": 1, "algo.k": 2}, search) == {
+        "trainer.max_steps": 4,
+        "data.batch_size": 8,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")))

@@ -11,19 +11,19 @@ one (the process died) is simply run again in the same directory, so stages that
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from alignlab.utils.hashing import stable_hash
 from alignlab.utils.io import write_json
 
 
 def content_key(spec: Any) -> str:
     """A 16-hex-digit hash of a JSON-serialisable spec (dict keys sorted)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(spec)
 
 
 class Store:

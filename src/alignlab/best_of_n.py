@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from alignlab.evaluate import EvalSamples, distinct_n, evaluate_policy
 from alignlab.losses.best_of_n import best_of_n_kl, select_best_of_n
-from alignlab.utils.errors import hydra_app
+from alignlab.utils.app import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -127,6 +127,7 @@ def best_of_n(cfg: DictConfig) -> dict:
     configure_runtime()
     from hydra.utils import instantiate
 
+    from alignlab.evaluator import refuse_gold
     from alignlab.judges.base import bind_task
     from alignlab.models.generation import SamplingConfig
     from alignlab.models.reference import load_policy
@@ -138,6 +139,7 @@ def best_of_n(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     torch.manual_seed(cfg.seed)  # as alignlab.evaluate, so a randomly initialised model is the same one
     task = build_task(cfg.task)
+    refuse_gold(cfg, task, app="best_of_n")  # its oracle ranks by gold: a task without one is refused
     prompts = task.prompts(cfg.split)
     if cfg.get("n_prompts"):
         prompts = prompts[: int(cfg.n_prompts)]

@@ -2,7 +2,7 @@
 
 Reads finished pipeline runs (``result.json``, written by ``alignlab.pipeline``) under the given roots and
 writes ``report.md``: per method the gold reward, the **paired gain over the base policy** (per-prompt
-differences on the same held-out prompts, bootstrap 95% CI over seeds then prompts), the second scorer's
+differences on the same held-out prompts; 95% CI over seeds x prompts, alignlab.stats.crossed_se), the second scorer's
 gain beside it (over-optimisation shows as a gold gain the second scorer does not share), KL, labels and
 judge calls, the labeller's audit for judge-labelled methods; every pair of methods' paired difference
 with Holm-adjusted p-values; the minimum detectable effect of the run's size; a verdict paragraph made
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alignlab.compare_format import examples, label_of, provenance
 from alignlab.compare_matched_kl import matched_kl_report
 from alignlab.compare_verdict import _pair_verdict, audit_cell, replicate_note, verdict
 from alignlab.report_checks import excluded_lines, read_result, screen_results
@@ -72,13 +73,6 @@ def mean_ci(values: list[float], within: list[tuple[float, float]] | None = None
     return m, half
 
 
-def label_of(r: dict) -> str:
-    variant = r.get("variant") or {}
-    return r["method"] + (
-        "" if not variant else " (" + ", ".join(f"{k}={v}" for k, v in sorted(variant.items())) + ")"
-    )
-
-
 def _per_prompt(ev: dict | None, name: str) -> np.ndarray | None:
     values = ((ev or {}).get("per_prompt") or {}).get(name)
     return None if values is None else np.asarray(values, dtype=float)
@@ -120,7 +114,7 @@ def summarise(results: list[dict]) -> list[dict]:
             "labels": int(np.mean([r.get("labels_used", 0) or 0 for r in rs])),
             "judge_calls": int(np.mean([r.get("judge_calls", 0) or 0 for r in rs])),
             "wall_time_s": float(np.mean([r.get("wall_time_s", 0.0) or 0.0 for r in rs])),
-            "audit": rs[0].get("label_audit") or {},
+            "audit": rs[0].get("label_audit") or {}, "tuned": rs[0].get("tuned"),
         }  # fmt: skip
         for name, key in (
             ("gold_reward", "gain"),
@@ -142,9 +136,11 @@ def split_sweeps(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """The comparison's methods, and the sweep points: rows with a variant (``variant.algo.beta=0.3``) of a
     method that also ran at its own settings. Those are the frontier, reported apart and kept out of the
     between-method tests (a sweep point is the same method again, usually on one seed). A variant whose
-    method has no row of its own is a method of the comparison."""
+    method has no row of its own is a method of the comparison, unless it is ``tuned`` and others are not."""
     own = {r["base_method"] for r in rows if not r.get("variant")}
-    sweep = [r for r in rows if r.get("variant") and r["base_method"] in own]
+    mixed = any(not r.get("tuned") for r in rows if not (r.get("variant") and r["base_method"] in own))
+    apart = [r for r in rows if r.get("tuned")] if mixed else []  # never tested with untuned ones
+    sweep = [r for r in rows if r.get("variant") and (r["base_method"] in own or r in apart)]
     return [r for r in rows if r not in sweep], sweep
 
 
@@ -152,7 +148,8 @@ def frontier_rows(methods: list[dict], sweep: list[dict]) -> list[dict]:
     """Per swept method: its own setting on the seeds the sweep ran, then each sweep point, with the paired
     difference from the own setting on the same seeds and prompts (unadjusted: these are not verdicts)."""
     out = []
-    for m in methods:
+    absent = {s["base_method"] for s in sweep} - {m["base_method"] for m in methods}  # tuned, no default run
+    for m in [*methods, *({"base_method": b, "runs": []} for b in sorted(absent))]:
         points = [s for s in sweep if s["base_method"] == m["base_method"]]
         if not points:
             continue
@@ -166,7 +163,8 @@ def frontier_rows(methods: list[dict], sweep: list[dict]) -> list[dict]:
         against = {r.get("seed"): r for r in own_runs}
         for p in points:
             d_own = paired_matrix(p["runs"], "gold_reward", against=against)
-            setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p["variant"].items()))
+            tag = "tuned: " if p.get("tuned") else ""
+            setting = tag + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p["variant"].items()))
             out.append({"method": m["base_method"], "setting": setting, "seeds": p["seeds"], "gain": p.get("gain"),
                         "kl": p["kl"], "vs_own": None if d_own is None else paired_gain(d_own)})  # fmt: skip
     return out
@@ -248,59 +246,12 @@ def pairwise_table(pairs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def examples(results: list[dict], n: int = 4) -> str:
-    """The same held-out prompts: the base policy's completion and each method's (its first seed)."""
-    firsts: dict[str, dict] = {}
-    for r in sorted(results, key=lambda r: (label_of(r), r.get("seed") or 0)):
-        firsts.setdefault(label_of(r), r)
-    base = next((r.get("examples", {}).get("base") for r in firsts.values() if r.get("examples")), None)
-    if not base:
-        return ""
-    lines = []
-    for i, ex in enumerate(base[:n]):
-        lines += [
-            f"**Prompt {i + 1}:** `{ex['prompt']}`",
-            "",
-            "| policy | completion | gold |",
-            "|---|---|---|",
-        ]
-        lines.append(f"| base | {_cell(ex['completion'])} | {ex['gold']:+.2f} |")
-        for label, r in firsts.items():
-            pol = (r.get("examples") or {}).get("policy") or []
-            if i < len(pol) and pol[i]["prompt"] == ex["prompt"]:
-                lines.append(f"| {label} | {_cell(pol[i]['completion'])} | {pol[i]['gold']:+.2f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").strip() or "(empty)"
-
-
-def provenance(results: list[dict]) -> str:
-    """Where the runs trained and in what precision (records made before these fields: not stated); a
-    comparison whose runs mix precisions or machines says so, since that is a difference beside the method."""
-    precisions = sorted({r["precision"] for r in results if r.get("precision")})
-    machines = sorted({
-        ", ".join(str(x) for x in (m.get("cpu"), f"{m.get('cores')} cores", m.get("gpu")) if x)
-        for m in (r.get("machine") for r in results) if m
-    })  # fmt: skip
-    if not precisions and not machines:
-        return ""
-    unknown = sum(1 for r in results if not r.get("precision"))
-    text = f"Trained in {' and '.join(precisions) or 'an unrecorded precision'} on {'; '.join(machines) or 'an unrecorded machine'}"
-    if unknown:
-        text += f" ({unknown} run(s) recorded neither)"
-    text += "."
-    if len(precisions) > 1 or len(machines) > 1:
-        text += " **The runs mix precisions or machines: that difference lies beside the methods'.**"
-    return text
-
-
 def write_report(
     roots: list[Path], out_dir: Path, margin: float = EQUIVALENCE_MARGIN, skip_bad: bool = False
 ) -> tuple[Path, str]:
+    from alignlab.compare_judge import evaluator_lines, judge_report
     from alignlab.compare_plots import curves_plot, frontier_plot
+    from alignlab.compare_verdict import length_bias_section, task_lines
 
     bad: list = []  # unreadable, cut or differently evaluated result files: an error, or with skip_bad left out
     results, bad = screen_results(find_results(roots, bad), bad, skip_bad)
@@ -309,6 +260,8 @@ def write_report(
             f"no finished runs (result.json) under {', '.join(map(str, roots))}; run the pipeline first "
             "(make compare, or python -m alignlab.pipeline method=dpo)"
         )
+    if (judged := judge_report(results, bad, out_dir)) is not None:  # no gold reward: the judge's report
+        return judged
     rows, sweep = split_sweeps(summarise(results))
     pairs = pairwise([r for r in rows if r.get("gain")], margin)
     frontier = frontier_rows(rows, sweep)
@@ -324,21 +277,21 @@ def write_report(
         seeds = sorted({r.get("seed") for r in results})
         size = (f"{base.get('n')} held-out prompts × {base.get('samples_per_prompt', 1)} samples each, "
                 f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})")  # fmt: skip
-    tasks = sorted({str((r.get("eval") or {}).get("task") or r.get("task")) for r in results})
     parts = [
-        "# alignlab comparison report", "", f"Task: **{', '.join(tasks)}**.", "",
+        "# alignlab comparison report", "", *task_lines(results),  # task, its scorers, the labellers' questions
         f"{len(results)} runs, {len(rows)} methods{f' and {len(sweep)} sweep point(s)' if sweep else ''}; {size}. Every policy, the base included, is evaluated on "
         "the same held-out prompts with the same sampling seeds. **Paired gain** = mean per-prompt difference "
         "from the base policy, 95% CI: over seeds and prompts (a crossed random-effects t interval, Satterthwaite df) "
         "with several seeds, a BCa bootstrap over prompts with one; **↑**/**↓** mark CIs that exclude "
         "0. The other ± are 95% CIs over seeds (Student t), or the run's own bootstrap CI for one seed. KL is "
         "the Monte-Carlo sequence-level estimate against the reference policy.", "", *excluded_lines(bad), *([note, ""] if (note := replicate_note(results)) else []),
-        *([where, ""] if where else []),
+        *([where, ""] if where else []), *evaluator_lines(results),  # what made the headline (compare_judge)
         "## Verdict", "", " ".join(filter(None, [verdict(rows, pairs), matched_sentence])), "", tab, "",
     ]  # fmt: skip
     if base:
         parts += [f"Base policy: gold reward {base['gold_reward']:+.3f} [{base.get('gold_reward_ci_low', float('nan')):+.3f}, "
                   f"{base.get('gold_reward_ci_high', float('nan')):+.3f}].", ""]  # fmt: skip
+    parts += length_bias_section(results)  # the labellers' length bias per task (judges.length_bias)
     if pairs:
         parts += ["## Between methods", "", "Paired differences on the same prompts and seeds; p-values from the "
                   "same intervals, Holm-adjusted over all pairs. A pair that is not significant is called equivalent "

@@ -123,3 +123,75 @@ def replicate_note(results: list[dict]) -> str:
         "**What the intervals cover**: some seeds share a draw of the preference data and some do not (the "
         "labellers' audits repeat on some seeds): an interval over seeds partly conditions on the data draw."
     )
+
+
+def _task_of(r: dict) -> str:
+    return str((r.get("eval") or {}).get("task") or r.get("task"))
+
+
+def task_lines(results: list[dict]) -> list[str]:
+    """Per task: its name, its gold and second scorers, and each labeller's question. Records made before
+    these were recorded: the scorers as the task's code describes them today (said so), the question as
+    not recorded."""
+    from alignlab.tasks.describe import scorers_of_task_name
+
+    lines = []
+    for task in sorted({_task_of(r) for r in results}):
+        runs = [r for r in results if _task_of(r) == task]
+        named = next((r for r in runs if "gold_scorer" in r), None)
+        sc = (
+            {k: named.get(k) for k in ("gold_scorer", "second_scorer")}
+            if named
+            else scorers_of_task_name(task)
+        )
+        text = f"Task: **{task}**"
+        if sc["gold_scorer"]:
+            text += f"; gold scorer: {sc['gold_scorer']}; second scorer: {sc['second_scorer'] or 'none'}"
+            if named is None:
+                text += " (as the task's code describes them today: these runs predate recording them)"
+        lines += [text + ".", ""]
+        asked: dict = {}
+        for r in sorted(runs, key=lambda r: str(r.get("seed"))):
+            if r.get("labeller") not in (None, "gold"):
+                asked.setdefault(r["labeller"], set()).add((r.get("label_audit") or {}).get("question"))
+        for labeller, questions in sorted(asked.items()):
+            known = sorted(" ".join(q.split()) for q in questions if q)  # one line in the report
+            what = "; ".join(f"“{q}”" for q in known) if known else "not recorded (runs made before it was)"
+            lines += [f"Labeller **{labeller}** was asked: {what}.", ""]
+    return lines
+
+
+def length_bias_section(results: list[dict]) -> list[str]:
+    """The labellers' length bias per task (``alignlab.judges.length_bias``): each distinct label set
+    counted once (methods and seeds that share one are the same labels), counts pooled over the sets."""
+    import json
+
+    from alignlab.judges.length_bias import format_share, pool
+
+    sets: dict = {}
+    for r in results:
+        lb = (r.get("label_audit") or {}).get("length_bias")
+        if r.get("labeller") is not None and lb:
+            sets.setdefault((_task_of(r), r["labeller"]), {})[json.dumps(lb, sort_keys=True)] = lb
+    if not sets:
+        return []
+    first = next(iter(next(iter(sets.values())).values()))
+    gaps = list(first["agreement_by_gap"])
+    unit = first["unit"]
+    lines = [
+        "## Labeller length bias", "",
+        f"Judges are known to prefer longer answers. Lengths in {unit}. *Longer chosen*: among the decided pairs "
+        "whose completions differ in length (gold not tied), the share where the labeller's verdict, and the "
+        "gold ordering, prefers the longer one; a labeller above gold adds a length preference the gold reward "
+        f"does not have. Then the labeller's agreement with gold by |Δ{unit}|. 95% Wilson intervals; each "
+        "distinct label set counted once, pooled over seeds.", "",
+        "| task | labeller | label sets | longer chosen by labeller | longer chosen by gold | "
+        + " | ".join(f"agreement, length gap {g} {unit}" for g in gaps) + " |",
+        "|" + "---|" * (5 + len(gaps)),
+    ]  # fmt: skip
+    for (task, labeller), by_json in sorted(sets.items()):
+        p = pool(list(by_json.values()))
+        cells = [format_share(p["judge_longer"]), format_share(p["gold_longer"])]
+        cells += [format_share(p["agreement_by_gap"].get(g)) for g in gaps]
+        lines.append(f"| {task} | {labeller} | {len(by_json)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]

@@ -2,7 +2,10 @@
 
 Reports the mean gold reward with a bootstrap 95% CI, the task's second scorer, the KL to the reference
 policy, completion length and distinct-1/2, and writes ``metrics.json`` (and ``samples.jsonl``) into
-the run directory. The core is the plain function ``evaluate_policy`` so that other stages can call it.
+the run directory. A task without a gold reward (``Task.has_gold`` false) gets no gold columns: its
+headline is the judge's win rate against a reference policy's samples (``judge``,
+``win_rate.reference_samples``; ``alignlab.win_rate.paired_win_rate``), and ``evaluator`` in the record
+names what produced the headline (``gold scorer`` or ``judge <identity>``). The core is the plain function ``evaluate_policy`` so that other stages can call it.
 
 KL estimate (sequence level, Monte Carlo): for completions y ~ pi(.|x),
     KL(pi || pi_ref) ≈ mean over samples of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)],
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.utils.errors import hydra_app
+from alignlab.utils.app import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -36,7 +39,7 @@ class EvalSamples:
 
     prompts: list[str]
     completions: list[str]
-    gold: np.ndarray
+    gold: np.ndarray | None  # None: the task has no gold reward
     second: np.ndarray | None
     kl: np.ndarray | None
     lengths: np.ndarray
@@ -49,7 +52,7 @@ class EvalSamples:
             row = {
                 "prompt": p,
                 "completion": c,
-                "gold": float(self.gold[i]),
+                "gold": None if self.gold is None else float(self.gold[i]),
                 "length": int(self.lengths[i]),
                 "stopped": bool(self.stopped[i]),
             }
@@ -141,6 +144,7 @@ def evaluate_policy(
     The metrics' ``precision`` is the policy weights' dtype (``fp32``, ``bf16``).
     """
     from alignlab.data.tokenize import Formatter
+    from alignlab.evaluator import has_gold
     from alignlab.models.generation import sample
     from alignlab.models.peft import is_peft
     from alignlab.models.reference import ReferenceModel, precision_name
@@ -210,8 +214,8 @@ def evaluate_policy(
         kls += done["kl"] or []
         elapsed += float(done["seconds"])
     model.train(was_training)
-    # 2. score with the gold reward and the second scorer
-    gold = np.asarray(task.gold_scores(list(prompts), texts), dtype=np.float64)
+    # 2. score with the gold reward (a task without one: None) and the second scorer
+    gold = np.asarray(task.gold_scores(list(prompts), texts), dtype=np.float64) if has_gold(task) else None
     second = task.second_scores(list(prompts), texts)
     second = None if second is None else np.asarray(second, dtype=np.float64)
     samples = EvalSamples(
@@ -260,6 +264,7 @@ def evaluate(cfg: DictConfig) -> dict:
     configure_runtime()
     from hydra.utils import instantiate
 
+    from alignlab.evaluator import evaluator_of, has_gold, refuse_gold
     from alignlab.models.generation import SamplingConfig
     from alignlab.models.reference import load_policy
     from alignlab.report_checks import eval_fingerprint
@@ -271,6 +276,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from alignlab.tasks import build_task
 
     task = build_task(cfg.task)
+    refuse_gold(cfg, task)  # judge=gold on a task without gold reward: one line, before the model loads
     prompts = task.prompts(cfg.split)
     if cfg.get("n_prompts"):
         prompts = prompts[: int(cfg.n_prompts)]
@@ -286,7 +292,7 @@ def evaluate(cfg: DictConfig) -> dict:
     work = work_fingerprint(
         OmegaConf.to_container(cfg.model, resolve=True), policy_path, dir_stamp(policy_path), device
     )
-    hooks = []
+    hooks, judge = [], None
     reference_samples = (cfg.get("win_rate") or {}).get("reference_samples")
     if cfg.get("judge") and reference_samples:  # the judge's win rate against a reference policy's samples
         from alignlab.label import local_judge_precision
@@ -294,7 +300,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
         judge = instantiate(cfg.judge)
         judge_precision = local_judge_precision(judge)  # an in-process judge LM: the policy's rule
-        hooks.append(win_rate_hook(judge, task, reference_samples, int(cfg.seed)))
+        k = int(cfg.get("samples_per_prompt") or 1)  # a task without gold: both orders, the headline
+        hooks.append(win_rate_hook(judge, task, reference_samples, int(cfg.seed), not has_gold(task), k))
         hooks.append(lambda _samples: {"judge_precision": judge_precision})
     metrics, samples = evaluate_policy(
         model,
@@ -323,6 +330,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "sampling": asdict(sampling),
         **metrics,
+        "evaluator": evaluator_of(task, judge if hooks else None),  # what produced the headline number
     }
     record["eval_fingerprint"] = eval_fingerprint(record)  # what compare's pairing relies on, hashed
     write_json(out / "metrics.json", record)
@@ -344,7 +352,9 @@ def summary(m: dict) -> str:
         [
             f"policy {m.get('policy')} on {m.get('task')}@{m.get('split')} ({m['n']} prompts x "
             f"{m.get('samples_per_prompt', 1)} samples)",
+            f"  evaluator: {m.get('evaluator') or 'none (no gold reward, no judge)'}",
             "  " + ci("gold_reward"),
+            *(["  " + ci("win_rate")] if m.get("win_rate") is not None else []),
             "  " + ci("second_reward"),
             "  " + ci("kl"),
             f"  completion_length: {m['completion_length']:.1f} tokens, stopped {m['stopped_frac']:.0%}, "
@@ -355,7 +365,9 @@ def summary(m: dict) -> str:
 
 @hydra_app("evaluate")
 def main(cfg: DictConfig) -> float:
-    return evaluate(cfg)["gold_reward"]
+    from alignlab.evaluator import headline
+
+    return headline(evaluate(cfg))[1]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ A reward model directory (it has ``reward_config.json``) is always exported as a
 (``num_labels=1``, the score read at the last non-pad token), which transformers and TRL load with
 ``AutoModelForSequenceClassification.from_pretrained(out_dir)``; the export checks that it gives the
 scores alignlab gives (the classifier and its tokenizer's set-up: ``alignlab.export_reward``). Adapters
-name the base model's hub id where there is one, not a local cache path.
+name the base model's hub id where there is one, not a local cache path. Every export's model card states
+the base model's license, and an export of a base whose terms ask for it (Gemma) carries their ``NOTICE``
+file and, where an installed package ships one, a copy of the terms (``alignlab.models.terms``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from alignlab.export_reward import (  # noqa: F401
     standard_scores,
     standard_texts,
 )
+from alignlab.models.terms import ModelTerms, card_section, terms_for, write_terms
 from alignlab.utils.errors import cli_app
 
 # The bundled default (alignlab.models.bundled) is SmolLM2-135M-Instruct converted from a GGUF copy.
@@ -77,10 +80,24 @@ def _method(cfg: dict) -> str:
     return {"reward": "reward model (Bradley-Terry)"}.get(name, name.upper()) if name else "unknown"
 
 
+def base_model_type(name_or_path: str | None) -> str | None:
+    """The architecture (``model_type``) of a base model given as a local directory; None otherwise."""
+    config = Path(name_or_path).expanduser() / "config.json" if name_or_path else None
+    if config is None or not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("model_type")
+
+
 def model_card(
-    kind: str, model_dir: Path, base: str | None, evaluation: dict | None = None, note: str = ""
+    kind: str,
+    model_dir: Path,
+    base: str | None,
+    evaluation: dict | None = None,
+    note: str = "",
+    terms: ModelTerms | None = None,
 ) -> str:
-    """A README.md: what was trained (method, data, reward, beta or KL), from what, and its numbers."""
+    """A README.md: what was trained (method, data, reward, beta or KL), from what, its numbers, and the
+    terms of its base model (``alignlab.models.terms``)."""
     cfg, metrics = _run_info(model_dir)
     algo, data = cfg.get("algo") or {}, cfg.get("data") or {}
     rows = [("method", _method(cfg)), ("base model", base or "local model (no hub id)")]
@@ -96,6 +113,8 @@ def model_card(
         rows.append(("learning rate", str(algo["optimizer"]["lr"])))
     numbers = {k: v for k, v in {**metrics, **(evaluation or {})}.items() if isinstance(v, (int, float))}
     front = ["---", "library_name: " + ("peft" if kind == "adapter" else "transformers")]
+    if terms:
+        front.append(f"license: {terms.license}")
     if base:
         front.append(f"base_model: {base}")
     front += ["tags: [alignlab, " + _method(cfg).split()[0].lower() + "]", "---"]
@@ -106,11 +125,18 @@ def model_card(
         lines += [f"| {k} | {v:.4g} |" for k, v in sorted(numbers.items())]
     if note:
         lines += ["", note]
+    if terms:
+        lines += ["", card_section(terms, base)]
     return "\n".join(lines) + "\n"
 
 
-def _write_card(out_dir: Path, text: str) -> None:
-    (out_dir / "README.md").write_text(text)
+def _write_card(
+    out_dir: Path, kind: str, model_dir: Path, base: str | None, model_type: str | None, **card: Any
+) -> None:
+    """The model card, and the files the base model's terms ask a shared derivative to carry (NOTICE)."""
+    terms = terms_for(base, model_type)
+    (out_dir / "README.md").write_text(model_card(kind, model_dir, base, terms=terms, **card))
+    write_terms(out_dir, terms, base)
 
 
 def _check_dir(path: Path) -> None:
@@ -139,7 +165,7 @@ def export_merged(policy_dir: str | Path, out_dir: str | Path, evaluation: dict 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    _write_card(out_dir, model_card("policy", policy_dir, base, evaluation))
+    _write_card(out_dir, "policy", policy_dir, base, model.config.model_type, evaluation=evaluation)
     return out_dir
 
 
@@ -156,11 +182,12 @@ def export_adapter(policy_dir: str | Path, out_dir: str | Path, evaluation: dict
         if f.is_file() and f.name != "README.md":
             shutil.copy2(f, out_dir / f.name)
     adapter = json.loads(cfg_file.read_text())
-    base = base_hub_id(adapter.get("base_model_name_or_path"))
+    local = adapter.get("base_model_name_or_path")
+    base = base_hub_id(local)
     if base:
         adapter["base_model_name_or_path"] = base
         (out_dir / "adapter_config.json").write_text(json.dumps(adapter, indent=2) + "\n")
-    _write_card(out_dir, model_card("adapter", policy_dir, base, evaluation))
+    _write_card(out_dir, "adapter", policy_dir, base, base_model_type(local), evaluation=evaluation)
     return out_dir
 
 
@@ -183,7 +210,8 @@ def export_reward_model(
     if standard:  # check the saved tokenizer, as a user loads it, against alignlab's ids and scores
         standard = check_standard_call(out_dir, rc, atol)
     note = "\n\n".join(x for x in (rc.note, _usage(rc.fmt, standard)) if x)
-    _write_card(out_dir, model_card("reward model", reward_dir, base, evaluation, note))
+    model_type = rc.seq.config.model_type
+    _write_card(out_dir, "reward model", reward_dir, base, model_type, evaluation=evaluation, note=note)
     return out_dir
 
 

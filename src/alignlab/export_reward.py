@@ -96,6 +96,8 @@ def _save_tokenizer(tok, out_dir: Path) -> None:
     if backend is not None:
         backend.no_padding()
     tok.padding_side = "right"
+    # saved only as an init argument: else the class's own default comes back on load (Gemma's: left)
+    tok.init_kwargs["padding_side"] = "right"
     tok.save_pretrained(out_dir)
 
 

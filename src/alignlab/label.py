@@ -11,7 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from alignlab.utils.errors import UserError, hydra_app
+from alignlab.utils.app import hydra_app
+from alignlab.utils.errors import UserError
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -41,7 +42,7 @@ def label(cfg: DictConfig) -> dict:
         check_server()
 
     from alignlab.judges.base import bind_task
-    from alignlab.judges.report import format_report, report_path
+    from alignlab.judges.report import format_report, judge_question, report_path
     from alignlab.tasks import build_task
     from alignlab.tasks.pairs import PairSet, label_pairs
     from alignlab.utils.config import save_resolved_config
@@ -77,6 +78,7 @@ def label(cfg: DictConfig) -> dict:
             "pairs_path": cfg.get("pairs_path"),
             "precision": precision,
             "judge_precision": judge_precision,
+            "question": judge_question(judge),  # what the labeller was asked (the report names it)
         }
     )
 

@@ -24,6 +24,14 @@ from alignlab.utils.io import atomic_open
 SWEEP_RUN_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME")
 
 
+def wandb_loggers(loggers: list) -> list:
+    """The Lightning ``WandbLogger``s among ``loggers``: the one check every caller uses before a
+    wandb-only call (tables, ``wandb.finish``)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
 def wandb_logged_in() -> bool:
     """True when an API key is available from the environment or ~/.netrc (no network call)."""
     if os.environ.get("WANDB_API_KEY"):

@@ -29,8 +29,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from alignlab.evaluator import check_evaluator, evaluator_option, headline, headline_text
 from alignlab.pipeline_record import examples_of, job_config
-from alignlab.utils.errors import hydra_app
+from alignlab.utils.app import hydra_app
+from alignlab.utils.config import flatten
 from alignlab.utils.hydra import CONF_DIR
 from alignlab.utils.runtime import configure_runtime, get_logger
 
@@ -49,11 +51,12 @@ def _run_app(app: str) -> Callable[[DictConfig], dict]:
         return run(cfg)
 
     def label(cfg):
+        from alignlab.judges.report import RECORD_KEYS  # what the record's label_audit keeps
         from alignlab.label import label as run
 
         rep = run(cfg)
         keep = ("pairs_sampled", "decided", "ties", "invalid", "gold_accuracy", "cohen_kappa",
-                "position_bias_rate", "calls", "queries", "cache_hits", "gold_kappa")  # fmt: skip
+                "position_bias_rate", "calls", "queries", "cache_hits", *RECORD_KEYS)  # fmt: skip
         return {k: rep.get(k) for k in keep if k in rep}
 
     def train(cfg):
@@ -82,18 +85,6 @@ def _run_app(app: str) -> Callable[[DictConfig], dict]:
             f"stage app {app!r} is not one of {', '.join(apps)} (conf/method, conf/pipeline.yaml)"
         )
     return apps[app]
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{algo: {beta: 0.3}} -> {"algo.beta": 0.3}"""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
@@ -238,7 +229,7 @@ def stage_list(cfg: DictConfig) -> list[tuple[str, dict]]:
                     **(stage.get("values") or {}),
                     **{f"logger.wandb.{k}": v for k, v in wb.items()},
                 }
-    judge = cfg.profile.get("win_rate_judge")
+    judge = evaluator_option(cfg)  # a task without gold reward: its headline's judge (alignlab.evaluator)
     if not judge:  # no judge: the win-rate input is not read
         stages["eval"]["inputs"] = {k: v for k, v in stages["eval"]["inputs"].items() if "win_rate" not in k}
     else:
@@ -271,10 +262,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
     task = build_task(cfg.task)  # a task that lacks a method fails now, in one line
     placeholder = {name: Path(PLACEHOLDER) / name for name, _ in stages}
-    for _name, stage in stages:
-        scfg = stage_config(cfg, stage, placeholder)
+    checked = {}
+    for name, stage in stages:  # checked one by one: a bad stage fails before the later ones are composed
+        checked[name] = scfg = stage_config(cfg, stage, placeholder)
         check_types(scfg)
         check_bound_judges(scfg, task)  # a judge made for another task is refused before any stage runs
+    same_judge = check_evaluator(checked, {n: s["app"] for n, s in stages}, task)  # no gold; one judge
     configs = {}
     for name, stage in stages:
         # the policy stage is stored under its budget's name (ppo, rloo, dpo): one directory kind per recipe
@@ -293,7 +286,9 @@ def run_pipeline(cfg: DictConfig) -> dict:
     judge_calls += sum(
         int(i.get("reward/judge_queries") or 0) + int(i.get("win_rate_pairs") or 0) for i in info
     )
+    from alignlab.judges.report import RECORD_KEYS
     from alignlab.pipeline_record import curve, examples_of, machine_summary
+    from alignlab.tasks.describe import scorers
     from alignlab.utils.precision import cpu_precision
 
     curves = [curve(s, configs[s["name"]]) for s in runner.stages if s["name"] in ("reward_model", "policy")]
@@ -302,18 +297,16 @@ def run_pipeline(cfg: DictConfig) -> dict:
     record = {
         "method": cfg.method.name,
         "task": task.name,
+        **scorers(task),  # gold_scorer, second_scorer: what the report's gains are measured with
         "labeller": cfg.method.get("labeller"),
         "seed": int(cfg.seed),
         "variant": {k: v for k, v in flatten(OmegaConf.to_container(cfg.variant)).items() if v is not None},
         "profile": cfg.profile.name,
         "eval": ev,
         "base_eval": base,
+        "evaluator_warning": same_judge,  # the evaluator judge trained the policy (alignlab.evaluator)
         "labels_used": int(labels.get("decided") or 0),
-        "label_audit": {
-            k: labels.get(k)
-            for k in ("gold_accuracy", "gold_kappa", "gold_accuracy_decidable", "gold_kappa_decidable")
-            if k in labels
-        },
+        "label_audit": {k: labels[k] for k in RECORD_KEYS if k in labels},  # judges.report
         "judge_calls": judge_calls,
         "precision": cpu_precision(),  # what trainer=cpu trained in (the CPU's or $ALIGNLAB_CPU_PRECISION)
         "machine": machine_summary(),
@@ -336,11 +329,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
         write_json(out / f"{name}-s{cfg.seed}{tail}.json",
                    {**record, "method": name, "variant": point["variant"], "eval": point["eval"],
                     "examples": {**examples, "policy": point.get("examples", [])}})  # fmt: skip
-    print(
-        f"[pipeline] {cfg.method.name} seed {cfg.seed}: gold reward {ev['gold_reward']:+.3f} "
-        f"(base {base['gold_reward']:+.3f}), KL {ev.get('kl') or 0:.3f}; result: {out / 'result.json'}",
-        flush=True,
-    )
+    print(f"[pipeline] {cfg.method.name} seed {cfg.seed}: {headline_text(ev, base)}; result: {out / 'result.json'}",
+          flush=True)  # fmt: skip
     return record
 
 
@@ -374,7 +364,7 @@ def log_to_wandb(cfg: DictConfig, record: dict) -> None:
 
 def objective(cfg: DictConfig, record: dict) -> float:
     """Held-out gold reward, penalised past the KL budget (what sweepers maximise)."""
-    gold = float(record["eval"]["gold_reward"])
+    gold = headline(record["eval"])[1]  # a task without gold reward: the judge's win rate
     if cfg.get("kl_budget") is None:
         return gold
     excess = max(0.0, float(record["eval"].get("kl") or 0.0) - float(cfg.kl_budget))

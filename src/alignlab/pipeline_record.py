@@ -41,7 +41,9 @@ def examples_of(eval_dir: Path, n: int = 4) -> list[dict]:
     path = eval_dir / "samples.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(x) for x in path.read_text().splitlines()[: n * 8] if x.strip()]
+    from alignlab.utils.io import jsonl_lines
+
+    rows = [json.loads(x) for x in jsonl_lines(path.read_text(encoding="utf-8"))[: n * 8]]
     seen, out = set(), []
     for r in rows:  # the first sample of each prompt
         if r["prompt"] not in seen and len(out) < n:

@@ -10,7 +10,6 @@ reads these files as it reads ``result.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.utils.config import flatten  # the sweep point's keys, as the pipeline flattens them
+from alignlab.utils.hashing import stable_hash
 from alignlab.utils.io import write_json
 from alignlab.utils.precision import cpu_precision
 from alignlab.utils.runtime import get_logger
@@ -38,12 +39,10 @@ def config_key(cfg: DictConfig) -> str:
     # what trainer=cpu trains in here (bf16-mixed or 32-true, by the CPU or $ALIGNLAB_CPU_PRECISION): a job
     # run in another precision is another job, so a machine without native bf16 never skips a bf16 result
     keep["cpu_precision"] = cpu_precision()
-    text = json.dumps(keep, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return stable_hash(keep)
 
 
 def result_path(cfg: DictConfig) -> Path:
-    from alignlab.pipeline import flatten  # the sweep point's keys, as the pipeline flattens them
 
     variant = {
         k: v for k, v in flatten(OmegaConf.to_container(cfg.variant, resolve=True)).items() if v is not None

@@ -22,13 +22,13 @@ instead, and the report lists them with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from alignlab.utils.errors import UserError
+from alignlab.utils.hashing import stable_hash
 
 FINGERPRINT_KEYS = ("task", "split", "n", "samples_per_prompt", "seed", "sampling")
 """The evaluation fields a paired comparison relies on: the same prompts, sampled the same way."""
@@ -49,13 +49,12 @@ def _fields(ev: dict) -> dict:
 
 def eval_fingerprint(ev: dict) -> str:
     """The short hash of an evaluation's ``FINGERPRINT_KEYS`` (the fields of a ``metrics.json`` record)."""
-    text = json.dumps(_fields(ev), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return stable_hash(_fields(ev), 12)
 
 
 def prompts_sha(prompts: Sequence[str]) -> str:
     """The short hash of the evaluation prompts, in order."""
-    return hashlib.sha256(json.dumps(list(prompts)).encode("utf-8")).hexdigest()[:16]
+    return stable_hash(list(prompts))
 
 
 def _numbers(values) -> bool:

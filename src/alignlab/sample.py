@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.utils.errors import hydra_app
+from alignlab.utils.app import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)

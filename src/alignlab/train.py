@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from alignlab.utils.errors import hydra_app
+from alignlab.utils.app import hydra_app
 from alignlab.utils.runtime import configure_runtime, get_logger
 
 log = get_logger(__name__)
@@ -21,6 +21,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from alignlab.evaluator import refuse_gold
     from alignlab.judges.option import check_bound_judges
     from alignlab.loggers import log_run_config
     from alignlab.models.peft import apply_peft
@@ -35,6 +36,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     task = build_task(cfg.task) if cfg.get("task") else None  # the run's one task object
     resolve_task_paths(cfg.data, task)
     check_bound_judges(cfg.get("algo"), task)
+    refuse_gold(cfg.get("algo"), task)  # no gold reward: reward=gold refused, gold monitors dropped
     out = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, out)
     # the data is read and validated before the model loads: a bad row costs seconds, not a model load
@@ -137,7 +139,9 @@ def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None
 
 
 def _finish_wandb(loggers: list) -> None:
-    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+    from alignlab.loggers import wandb_loggers
+
+    if wandb_loggers(loggers):
         import wandb
 
         wandb.finish()

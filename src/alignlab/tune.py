@@ -35,7 +35,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from alignlab.utils.errors import hydra_app
+from alignlab.tune_report import best_trial  # the selection rule (kept beside the report that shows it)
+from alignlab.utils.app import hydra_app
 from alignlab.utils.hydra import CONF_DIR
 from alignlab.utils.runtime import get_logger
 
@@ -195,15 +196,10 @@ def trial_rows(study, old: dict) -> list[dict]:
     return rows
 
 
-def best_trial(rows: list[dict]) -> dict:
-    """The selection rule: the finished trial with the highest validation objective (ties: the earliest)."""
-    done = [r for r in rows if r["state"] == "COMPLETE"]
-    return max(done, key=lambda r: (r["value"], -r["number"]))
-
-
 def search_method(overrides: list[str], method: str) -> dict:
     """One method's search, then its final runs; returns (and writes) the method's record."""
     import optuna
+    from optuna.distributions import distribution_to_json
 
     from alignlab.pipeline import log_to_wandb, objective, run_pipeline
     from alignlab.publish import commit, publish, published
@@ -225,6 +221,7 @@ def search_method(overrides: list[str], method: str) -> dict:
         "final_seeds": [int(s) for s in tune.final_seeds], "selection": "max validation objective",
         "objective": {"split": "val", "kl_budget": pcfg.get("kl_budget"), "kl_penalty": float(pcfg.kl_penalty)},
         "space": {k: str(v) for k, v in dists.items()}, "search": search,
+        "space_json": {k: json.loads(distribution_to_json(v)) for k, v in dists.items()},  # alignlab.tune_report
     }  # fmt: skip
 
     def save(final: list | None = None) -> None:
@@ -261,8 +258,10 @@ def search_method(overrides: list[str], method: str) -> dict:
         extra[trial.number] = {"variant": variant, "gold_reward": rec["eval"]["gold_reward"],
                                "kl": rec["eval"].get("kl"), "split": rec["eval"].get("split"), "cpu_s": cpu,
                                "judge_calls": calls, "dir": str(out)}  # fmt: skip
+        trial.set_user_attr("cpu_s", cpu)  # the study alone carries the cost too (alignlab.tune_report)
+        trial.set_user_attr("judge_calls", calls)
         study.tell(trial, value)
-        log_to_wandb(cfg, rec)
+        log_trial(cfg, rec, trial.params, value)
         save()
         print(
             f"[tune] {method} trial {trial.number}: objective {value:+.4f} (val) {trial.params}", flush=True
@@ -277,7 +276,9 @@ def search_method(overrides: list[str], method: str) -> dict:
         rec = published(cfg)
         cpu, calls = (0.0, 0) if rec is not None else (None, None)
         if rec is None:
-            rec = run_pipeline(cfg)
+            # a tuned run carries `tuned`: alignlab.compare keeps it out of the default runs' verdicts
+            rec = {**run_pipeline(cfg), "tuned": str(tune.name)}
+            write_json(Path(cfg.paths.output_dir) / "result.json", rec)
             publish(cfg, rec)
             log_to_wandb(cfg, rec)
             cpu, calls = fresh_cost(rec)
@@ -288,6 +289,34 @@ def search_method(overrides: list[str], method: str) -> dict:
     print(f"[tune] {method}: best trial {best['number']} (val objective {best['value']:+.4f}); "
           f"record {record_path}", flush=True)  # fmt: skip
     return json.loads(record_path.read_text())
+
+
+METRIC = "val/objective"
+"""The trials' objective as wandb logs it (the wandb sweep files of ``alignlab.tune_sweeps`` maximise it)."""
+
+
+def log_trial(cfg: DictConfig, record: dict, params: dict, value: float) -> None:
+    """One trial as a wandb run in its method's search group (``cfg.wandb.group``; a wandb agent's sweep run
+    is picked up as is): the searched params as its config, the objective and the validation numbers."""
+    if not cfg.wandb.enabled:
+        return
+    import wandb
+
+    from alignlab.loggers import resolve_wandb_mode, wandb_settings
+
+    run = wandb.init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=f"tune-{record['method']}",
+                     dir=cfg.paths.output_dir, mode=resolve_wandb_mode("auto"),
+                     tags=[*cfg.get("tags", []), record["method"], "trial"],
+                     config={**params, "method": record["method"], "seed": record["seed"],
+                             "variant": record["variant"]},
+                     settings=wandb_settings(cfg.wandb.get("console", "auto"), cfg.wandb.get("system_metrics", True)))  # fmt: skip
+    try:
+        flat = {f"val/{k}": v for k, v in record["eval"].items() if isinstance(v, (int, float))}
+        flat[METRIC] = float(value)
+        run.log(flat)
+        run.summary.update(flat)
+    finally:
+        run.finish()
 
 
 def check(cfg: DictConfig) -> None:
@@ -320,6 +349,12 @@ def tune_all(cfg: DictConfig, overrides: list[str]) -> dict:
         )
     else:
         records = [search_method(overrides, m) for m in methods]
+    from alignlab.tune_report import write_report
+
+    tune = cfg.tune
+    report_dir = Path(str(tune.get("report_dir") or Path(str(tune.record_dir)).parent))
+    print(f"[tune] report: {write_report([Path(str(tune.record_dir)), Path(str(tune.storage_dir))], report_dir)}",
+          flush=True)  # fmt: skip
     return dict(zip(methods, records))
 
 

@@ -64,10 +64,11 @@ class SampleTable(L.Callback):
             / f"step_{trainer.global_step:06d}.jsonl"
         )
         write_jsonl(out, rows)
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                logger.log_table(
-                    key="samples",
-                    columns=["step", "prompt", "completion"],
-                    data=[[r["step"], r["prompt"], r["completion"]] for r in rows],
-                )
+        from alignlab.loggers import wandb_loggers
+
+        for logger in wandb_loggers(trainer.loggers):
+            logger.log_table(
+                key="samples",
+                columns=["step", "prompt", "completion"],
+                data=[[r["step"], r["prompt"], r["completion"]] for r in rows],
+            )

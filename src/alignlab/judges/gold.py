@@ -93,6 +93,10 @@ class GoldJudge(PairwiseJudge):
             task = build_task(task)
         if not hasattr(task, "gold_scores"):
             raise TypeError(f"judge=gold needs a task with gold_scores(); got {type(task).__name__}")
+        from alignlab.evaluator import GOLD_TARGETS, has_gold, no_gold_error
+
+        if not has_gold(task):  # a task without a gold reward: one line, the fix
+            raise no_gold_error(task, *GOLD_TARGETS["alignlab.judges.gold.GoldJudge"])
         self.task = task
 
     def identity(self) -> str:

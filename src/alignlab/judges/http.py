@@ -29,7 +29,7 @@ from alignlab.judges.templates import (
     parse_answer,
     text_hash,
 )
-from alignlab.utils.errors import UserError
+from alignlab.utils.errors import ConfigError, UserError
 from alignlab.utils.runtime import get_logger
 
 log = get_logger(__name__)
@@ -124,12 +124,12 @@ class OpenAICompatibleJudge(OptionJudge):
         """
         super().__init__(template, mode, both_orders, tie_margin, batch_size, cache_path, max_text_chars)
         if logprobs not in (True, False, "auto"):
-            raise ValueError(f"judge.logprobs={logprobs!r}: choose auto, true or false")
+            raise ConfigError(f"judge.logprobs={logprobs!r}: choose auto, true or false")
         if token_param not in TOKEN_PARAMS:
-            raise ValueError(f"judge.token_param={token_param!r}: choose one of {', '.join(TOKEN_PARAMS)}")
+            raise ConfigError(f"judge.token_param={token_param!r}: choose one of {', '.join(TOKEN_PARAMS)}")
         timeouts = (connect_timeout_s, read_timeout_s, deadline_s, ping_timeout_s)
         if concurrency < 1 or max_retries < 0 or min(timeouts) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "judge.concurrency must be >= 1, judge.max_retries >= 0, and judge.connect_timeout_s, "
                 "judge.read_timeout_s, judge.deadline_s and judge.ping_timeout_s > 0"
             )

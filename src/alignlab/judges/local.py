@@ -61,6 +61,7 @@ class LocalJudge(OptionJudge):
         min_option_mass: float = 0.0,
         min_confidence: float = 0.5,
         bound_tasks: list[str] | None = None,
+        task_requires: list[str] | None = None,
     ):
         """
         Args:
@@ -81,6 +82,8 @@ class LocalJudge(OptionJudge):
             min_confidence: pairs the judge is less sure of become ``unsure`` ties (see ``OptionJudge``).
             bound_tasks: the only tasks this judge's recipe is made for (its tuning data, its fixed
                 question); judging another task is refused. None: any task.
+            task_requires: task settings the judge's recipe needs (e.g. ``judge_data``, the task that
+                supplies its tuning data); a task that leaves one unset is refused. None: none.
         """
         super().__init__(
             template, mode, both_orders, tie_margin, batch_size, cache_path, max_text_chars, min_confidence
@@ -92,6 +95,7 @@ class LocalJudge(OptionJudge):
 
         self.spec = ModelSpec(**model) if isinstance(model, dict) else model
         self.bound_tasks = list(bound_tasks) if bound_tasks else None
+        self.task_requires = list(task_requires) if task_requires else None
         self.use_chat_template = use_chat_template
         self.answer_prefix = answer_prefix
         self.cot_max_new_tokens = cot_max_new_tokens

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from alignlab.judges.base import Judgement, PairwiseJudge, check_pairs, pair_confidence
 from alignlab.judges.cache import JudgeCache, cache_key
 from alignlab.judges.templates import JudgeTemplate, text_hash
+from alignlab.utils.config import config_children
+from alignlab.utils.errors import ConfigError
 
 MODES = ("pairwise", "pointwise")
 
@@ -68,12 +70,18 @@ def _logit(p: float, eps: float = 1e-6) -> float:
 
 
 def check_bound_task(judge, task) -> None:
-    """One line when ``judge`` is made for other tasks than ``task`` (``judge.bound_tasks``)."""
+    """One line when ``judge`` is made for other tasks than ``task`` (``judge.bound_tasks``), or needs a task
+    setting that ``task`` leaves unset (``judge.task_requires``, e.g. ``judge_data``: its tuning data)."""
     bound = list(getattr(judge, "bound_tasks", None) or [])
     name = getattr(task, "name", None)
+    for key in getattr(judge, "task_requires", None) or []:
+        if getattr(task, key, None) in (None, "", (), []):
+            raise ConfigError(
+                f"judge {judge.name!r} needs the task's {key} setting (judge.task_requires: its recipe is "
+                f"made from it) and task {name!r} has none; label with another conf/judge option (judge=...) "
+                f"or set task.{key} (docs/tasks.md)"
+            )
     if bound and name not in bound:
-        from alignlab.utils.config import ConfigError
-
         raise ConfigError(
             f"judge {judge.name!r} is made for task {' / '.join(bound)} (judge.bound_tasks: its recipe asks "
             f"about that task), not task {name!r}; label with the task's own labeller "
@@ -88,16 +96,14 @@ def check_bound_judges(node, task) -> None:
     if task is None:
         return
     if isinstance(node, DictConfig):
-        if node.get("bound_tasks") and "_target_" in node:
-            bound = OmegaConf.to_container(node.bound_tasks, resolve=True)
+        if (node.get("bound_tasks") or node.get("task_requires")) and "_target_" in node:
+            keys = ("bound_tasks", "task_requires")
+            found = {k: OmegaConf.to_container(node[k], resolve=True) if node.get(k) else None for k in keys}
             target = str(node._target_).rsplit(".", 1)[-1]
-            check_bound_task(type("judge", (), {"name": target, "bound_tasks": bound})(), task)
-        children = [node[k] for k in node if not OmegaConf.is_missing(node, k) and k != "task"]
-    elif isinstance(node, ListConfig):
-        children = list(node)
-    else:
+            check_bound_task(type("judge", (), {"name": target, **found})(), task)
+    elif not isinstance(node, ListConfig):
         return
-    for child in children:
+    for child in config_children(node):
         check_bound_judges(child, task)
 
 
@@ -131,13 +137,13 @@ class OptionJudge(PairwiseJudge):
                 marked ``unsure``; 0.5 keeps every decided pair.
         """
         if mode not in MODES:
-            raise ValueError(f"judge.mode={mode!r}: choose one of {', '.join(MODES)}")
+            raise ConfigError(f"judge.mode={mode!r}: choose one of {', '.join(MODES)}")
         if not 0 <= tie_margin < 0.5:
-            raise ValueError(f"judge.tie_margin={tie_margin} must be in [0, 0.5)")
+            raise ConfigError(f"judge.tie_margin={tie_margin} must be in [0, 0.5)")
         if batch_size < 1:
-            raise ValueError(f"judge.batch_size={batch_size} must be >= 1")
+            raise ConfigError(f"judge.batch_size={batch_size} must be >= 1")
         if not 0.5 <= min_confidence < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"judge.min_confidence={min_confidence} must be in [0.5, 1) (0.5: keep every pair)"
             )
         self.template = template if template is not None else JudgeTemplate()

@@ -14,6 +14,8 @@
   with gold; ``kept_vs_agreement``: the agreement and the share of pairs kept at each
   ``judge.min_confidence`` threshold, so the trade is visible before choosing one.
 * ``unsure``: ties made by ``judge.min_confidence`` (counted among ``ties``).
+* ``length_bias`` (given the texts): how often the judge and gold prefer the longer completion, and the
+  agreement by length difference (``alignlab.judges.length_bias``).
 * ``calls``, ``cache_hits``, ``seconds`` and the other counters the judge reports.
 """
 
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from alignlab.judges.base import pair_confidence
+from alignlab.judges.length_bias import format_length_bias, length_bias
 from alignlab.utils.io import write_json
 
 GAP_BUCKETS = ((0.0, 0.2), (0.2, 0.5), (0.5, math.inf))
@@ -33,6 +36,15 @@ GAP_BUCKETS = ((0.0, 0.2), (0.2, 0.5), (0.5, math.inf))
 DECIDABLE_GAP = 0.2
 CONFIDENCE_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9)
 KEEP_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+RECORD_KEYS = (
+    "gold_accuracy",
+    "gold_kappa",
+    "gold_accuracy_decidable",
+    "gold_kappa_decidable",
+    "length_bias",
+    "question",
+)
+"""What a pipeline record keeps of its labelling report (``label_audit``): what the comparison reports."""
 
 
 def cohen_kappa(a: Sequence, b: Sequence) -> float | None:
@@ -67,6 +79,7 @@ def labelling_report(
     gold_second: Sequence[float] | None = None,
     stats: dict | None = None,
     mode: str = "pairwise",
+    texts: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> dict:
     """Measure a judge's labels.
 
@@ -77,6 +90,7 @@ def labelling_report(
         gold_second: gold score of each pair's second completion.
         stats: the judge's counters (calls, cache hits, seconds, ...), copied into the report.
         mode: ``pairwise`` (order metrics measured) or ``pointwise`` (no order, so no position bias).
+        texts: (first completions, second completions) of the pairs, for the length bias (with gold only).
     """
     verdicts = [r["verdict"] for r in results]
     rep: dict = {
@@ -118,6 +132,8 @@ def labelling_report(
             single = [(_single(results[i].get("p_forward")), gold[i]) for i in range(len(results))]
             single = [(v, g) for v, g in single if v is not None and g != "tie"]
             rep["gold_accuracy_single_order"] = _rate(sum(v == g for v, g in single), len(single))
+        if texts is not None:
+            rep["length_bias"] = length_bias(texts[0], texts[1], verdicts, gold_first, gold_second)
     rep.update(stats or {})
     return rep
 
@@ -181,6 +197,20 @@ def _audit(results: Sequence[dict], verdicts: list, gold: list, gap: list, mode:
     }
 
 
+def judge_question(judge) -> str | None:
+    """What a bound judge is asked about each pair (pairwise: its criterion) or each text (pointwise: its
+    yes/no question); None for a judge asked nothing (the gold oracle)."""
+    t = getattr(judge, "template", None)
+    if t is None:
+        return None
+    if getattr(t, "constitution", None) is not None:
+        c = t.constitution
+        return f"a constitution of {len(c.principles)} principle(s) ({c.mode}), e.g. {c.principles[0]!r}"
+    if getattr(judge, "mode", "pairwise") == "pointwise":
+        return t.question or t.rubric
+    return t.rubric
+
+
 def report_path(dataset_path: str | os.PathLike) -> Path:
     """``pairs.jsonl`` -> ``pairs.report.json`` beside it."""
     p = Path(dataset_path)
@@ -232,6 +262,8 @@ def format_report(report: dict) -> str:
                 for k in report["kept_vs_agreement"]
             )
         )
+    if "length_bias" in report:
+        lines.append(format_length_bias(report["length_bias"]))
     keys = ("calls", "queries", "cache_hits", "cache_misses", "seconds", "prompt_tokens", "completion_tokens")
     lines.append("  cost: " + " ".join(f"{k}={f(report[k])}" for k in keys if k in report))
     return "\n".join(lines)

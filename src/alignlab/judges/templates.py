@@ -10,12 +10,12 @@ verdict. Constitutions (Bai et al. 2022) are lists of principles; one is sampled
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+from alignlab.utils.hashing import stable_hash
 
 PAIRWISE_SYSTEM = "You are a careful annotator. You compare two responses and answer with a single letter."
 PAIRWISE_USER = (
@@ -32,8 +32,7 @@ COT_SUFFIX = " First explain your reasoning in one or two sentences, then give t
 
 def text_hash(*parts: object) -> str:
     """A short stable hash of JSON-serialisable parts."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash(parts, ensure_ascii=False)
 
 
 @dataclass
@@ -51,7 +50,12 @@ class Constitution:
         if self.mode not in ("sample", "all"):
             raise ValueError(f"constitution.mode={self.mode!r}: choose sample or all")
         if not self.principles:
-            raise ValueError("constitution.principles is empty; give at least one principle")
+            from alignlab.utils.errors import ConfigError
+
+            raise ConfigError(
+                "constitution.principles is empty; give at least one principle (constitution=task reads "
+                "the task's principles setting: set it in the task's YAML, or choose another constitution)"
+            )
 
     def criterion(self, prompt: str, first: str, second: str) -> str:
         if self.mode == "all":

@@ -1,23 +1,23 @@
-"""A judge LLM tuned on human judgements: the bundled SmolLM2 taught to answer "is this text positive?"
-the way the human raters of the sentiment task's source archive did.
+"""A judge LLM tuned on human judgements: a small model taught to answer the judge's yes/no question about
+one text the way human raters did. The data is the task's (``Task.judge_tuning_data``; the task's
+``judge_data`` setting names the task that supplies it); this module only turns it into a judge.
 
 The stage (``ensure_tuned_judge``), content-addressed and cached like the bundled model
 (``<cache>/models/tuned_judge/<key>``, ``DONE.json`` when complete):
 
-1. Rows from the human-rated corpora (``alignlab.tasks.human_ratings``): tweets, Amazon and NYT
-   sentences, and the movie-review sentences of the task's **train** split only (the task's val/test
-   prompts are openings of the other movie sentences: never shown to the judge). Sentences longer than
-   ``max_chars`` are left out; ``n_train`` of them are drawn (seeded).
-2. Each row asks the judge's own pointwise question about the sentence (rendered exactly as
-   ``LocalJudge`` renders it, plain text ending in ``Answer:``) and answers `` yes`` or `` no``: the vote
-   of **one rater drawn at random** among those who did not answer 0 (``label: rater``), so over the data
-   the answer's probability follows the share of raters who found the sentence positive (a soft label
-   through plain SFT), or the sign of the mean rating (``label: mean``).
+1. The task's rated texts, from the sources the recipe names (``corpora``; null: all the task offers).
+   Texts longer than ``max_chars`` are left out; ``n_train`` of them are drawn (seeded). What the task
+   keeps out (e.g. texts behind its val/test prompts) never reaches the judge.
+2. Each row asks the judge's own pointwise question about the text (rendered exactly as ``LocalJudge``
+   renders it, plain text ending in ``Answer:``) and answers `` yes`` or `` no``: the vote of **one rater
+   drawn at random** among those who did not answer 0 (``label: rater``), so over the data the answer's
+   probability follows the share of raters who voted yes (a soft label through plain SFT), or the sign
+   of the mean rating (``label: mean``).
 3. ``alignlab.train`` (SFT, LoRA on the top ``lora_layers`` layers, ``precision``) tunes it; the adapter is
    the artifact. ``TunedJudgeSpec`` is the ``ModelSpec`` a judge config names: it runs the stage on the
    first load and merges the adapter into the weights for judging.
 
-The judge never reads VADER, AFINN or any task's gold reward: only human ratings.
+The judge never reads a task's gold reward: only the human judgements the task hands over.
 """
 
 from __future__ import annotations
@@ -45,17 +45,13 @@ class TuningRecipe:
 
     pointwise: str = "Text: {text}\n\n{question} Answer yes or no."
     """The judge's pointwise user message (must match the judge template's ``pointwise``)."""
-    question: str = "Is the sentiment of this text positive?"
-    """The yes/no question (must match the judge template's ``question``)."""
+    question: str = "Is this text positive?"
+    """The yes/no question (must match the judge template's ``question``: the task's)."""
     answers: tuple[str, str] = (" yes", " no")
     """The completions taught for a positive / negative vote."""
-    corpora: tuple[str, ...] = (
-        "tweets",
-        "amazonReviewSnippets",
-        "nytEditorialSnippets",
-        "movieReviewSnippets",
-    )
-    """Human-rated corpora to draw from (movie sentences: the task's train split only)."""
+    corpora: tuple[str, ...] | None = None
+    """The task's sources to draw from (``JudgeData.sources``); None: all it offers. Resolved (to the
+    task's list) before the key is made."""
     n_train: int = 1600
     """Sentences drawn for training."""
     n_val: int = 64
@@ -76,7 +72,8 @@ class TuningRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        self.answers, self.corpora = tuple(self.answers), tuple(self.corpora)
+        self.answers = tuple(self.answers)
+        self.corpora = None if self.corpora is None else tuple(self.corpora)
         if self.label not in ("rater", "mean"):
             raise ValueError(f"tuning.label={self.label!r}: choose rater or mean")
         if self.n_train < 1 or self.steps < 1 or self.batch_size < 1:
@@ -101,18 +98,10 @@ def vote(row: dict, how: str, rng: random.Random) -> int | None:
     return None if row["rating"] == 0 else (1 if row["rating"] > 0 else -1)
 
 
-def training_sentences(task, recipe: TuningRecipe, human_rows: list[dict]) -> list[dict]:
-    """The sentences the judge may learn from: the chosen corpora, movie sentences of the train split only."""
-    from alignlab.tasks.human_ratings import MOVIES, movie_sentences_in_split
-
-    rows = [r for r in human_rows if r["corpus"] in recipe.corpora and r["corpus"] != MOVIES]
-    if MOVIES in recipe.corpora:
-        rows += movie_sentences_in_split(task, [r for r in human_rows if r["corpus"] == MOVIES], "train")
-    return [r for r in rows if len(r["text"]) <= recipe.max_chars]
-
-
 def sft_rows(recipe: TuningRecipe, sentences: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(train rows, validation rows) of ``{prompt, completion, corpus, id}``, drawn with ``recipe.seed``."""
+    """(train rows, validation rows) of ``{prompt, completion, corpus, id}``, drawn with ``recipe.seed`` from
+    ``sentences`` (``JudgeData.rows``) no longer than ``recipe.max_chars``."""
+    sentences = [r for r in sentences if len(r["text"]) <= recipe.max_chars]
     rng = random.Random(recipe.seed)
     order = list(range(len(sentences)))
     rng.shuffle(order)
@@ -204,27 +193,53 @@ def resolve_precision(precision: str) -> str:
     return cpu_precision()
 
 
-def ensure_tuned_judge(recipe: TuningRecipe, base: ModelSpec, task: Any = "sentiment") -> Path:
-    """The tuned judge's adapter directory: trained once per (recipe, base model, task data), then cached."""
+def data_task(task: Any, cache_dir: str | None = None):
+    """The task whose judge tuning data is learned (a conf/task name or task YAML path, a task config, or a
+    ``Task``); None (the run's task sets no ``judge_data``) is one line with the fix."""
+    from alignlab.tasks import build_task, compose_task
+    from alignlab.utils.config import ConfigError
+
+    if task is None:
+        raise ConfigError(
+            "judge.model.task is null: the run's task has no judge tuning data (its judge_data setting), so "
+            "a tuned judge has nothing to learn from; label with another conf/judge option (judge=...)"
+        )
+    return compose_task(task, cache_dir=cache_dir) if isinstance(task, str) else build_task(task)
+
+
+def judge_data(task, recipe: TuningRecipe):
+    """``task.judge_tuning_data(recipe.corpora)``; a task without any is one line naming it."""
+    from alignlab.utils.config import ConfigError
+
+    data = task.judge_tuning_data(recipe.corpora)
+    if data is None:
+        raise ConfigError(
+            f"task {task.name!r} has no judge tuning data (Task.judge_tuning_data); a tuned judge cannot "
+            "learn from it: choose another labeller (judge=...) or implement judge_tuning_data (docs/tasks.md)"
+        )
+    return data
+
+
+def resolve_recipe(recipe: TuningRecipe, data) -> TuningRecipe:
+    """The recipe as it runs: ``precision: auto`` resolved, ``corpora`` the task's sources (the key and the
+    judge's identity name what ran)."""
+    return replace(recipe, precision=resolve_precision(recipe.precision), corpora=tuple(data.sources))
+
+
+def ensure_tuned_judge(recipe: TuningRecipe, base: ModelSpec, task: Any) -> Path:
+    """The tuned judge's adapter directory: trained once per (recipe, base model, task data), then cached.
+    ``task``: the task whose ``judge_tuning_data`` it learns from (see ``data_task``)."""
     from alignlab.artifacts import Store
     from alignlab.models.bundled import default_cache_dir
-    from alignlab.tasks import build_task, compose_task
-    from alignlab.tasks.human_ratings import ensure_human_ratings
-    from alignlab.tasks.prepare import file_sha256, read_jsonl
 
     root = Path(base.cache_dir).expanduser() if base.cache_dir else default_cache_dir()
-    task = compose_task(task, cache_dir=str(root)) if isinstance(task, str) else build_task(task)
-    recipe = replace(recipe, precision=resolve_precision(recipe.precision))  # the key names what ran
-    ratings = ensure_human_ratings(task.task_dir, getattr(task, "archive", None))
-    spec = {
-        "recipe": asdict(recipe),
-        "base": base.identity(),
-        "ratings": file_sha256(ratings),
-        "train_prompts": file_sha256(task.prompt_file("train")),
-    }
+    task = data_task(task, str(root))
+    data = judge_data(task, recipe)
+    recipe = resolve_recipe(recipe, data)
+    spec = {"recipe": asdict(recipe), "base": base.identity(), **data.files()}
 
     def build(out: Path) -> dict:
-        train, val = sft_rows(recipe, training_sentences(task, recipe, read_jsonl(ratings)))
+        train, val = sft_rows(recipe, data.rows())
         write_jsonl(out / "train.jsonl", train)
         write_jsonl(out / "val.jsonl", val)
         cmd = [
@@ -234,7 +249,8 @@ def ensure_tuned_judge(recipe: TuningRecipe, base: ModelSpec, task: Any = "senti
             *train_overrides(recipe, base, out / "train.jsonl", out / "val.jsonl", out / "run"),
         ]
         print(
-            f"[alignlab] tuning the judge on {len(train)} human-rated sentences ({recipe.steps} steps) ...",
+            f"[alignlab] tuning the judge on {len(train)} human-rated texts of task {task.name!r} "
+            f"({recipe.steps} steps) ...",
             flush=True,
         )
         env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
@@ -266,30 +282,33 @@ class TunedJudgeSpec(ModelSpec):
     """The model tuned (fields of ``ModelSpec``)."""
     tuning: dict = field(default_factory=dict)
     """``TuningRecipe`` fields."""
-    task: Any = "sentiment"
-    """The task whose train split bounds the movie sentences (a conf/task name or config)."""
+    task: Any = None
+    """The task whose ``judge_tuning_data`` the judge learns from (a conf/task name or config; the judge
+    config reads the run's task's ``judge_data``); None: the run's task has none, and the judge refuses."""
 
     def base_spec(self) -> ModelSpec:
         return ModelSpec(**{"cache_dir": self.cache_dir, **dict(self.base)})
 
     def recipe(self) -> TuningRecipe:
-        """The recipe with its precision resolved: two machines that tune differently name different judges
-        (the answer cache and the artifact are keyed on it)."""
+        """The recipe as it runs (``resolve_recipe``): two machines that tune differently, or two tasks'
+        data, name different judges (the answer cache and the artifact are keyed on it). Builds the data
+        task (no data is read)."""
         recipe = TuningRecipe(**dict(self.tuning))
-        return replace(recipe, precision=resolve_precision(recipe.precision))
+        return resolve_recipe(recipe, judge_data(data_task(self.task, self.cache_dir), recipe))
 
     def local_path(self) -> str:
-        return str(ensure_tuned_judge(self.recipe(), self.base_spec(), self.task))
+        return str(ensure_tuned_judge(TuningRecipe(**dict(self.tuning)), self.base_spec(), self.task))
 
     def identity(self) -> str:
         from alignlab.judges.templates import text_hash
 
+        recipe = asdict(self.recipe())  # a null task is refused here
         task = (
             self.task
             if isinstance(self.task, str)
             else {k: v for k, v in dict(self.task).items() if k != "cache_dir"}
         )
-        return text_hash("tuned_judge", self.base_spec().identity(), asdict(self.recipe()), self.dtype, task)
+        return text_hash("tuned_judge", self.base_spec().identity(), recipe, self.dtype, task)
 
     def load(self):
         self.name_or_path = self.local_path()

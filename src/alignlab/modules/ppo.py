@@ -27,6 +27,7 @@ from alignlab.models.logprobs import gather_logprobs
 from alignlab.models.peft import active_adapter, is_peft
 from alignlab.models.value_init import VALUE_INITS
 from alignlab.modules.rollout import OnlineRLModule
+from alignlab.utils.errors import ConfigError
 
 VALUE_ADAPTER = "value"
 
@@ -83,19 +84,19 @@ class PPOModule(OnlineRLModule):
         """
         super().__init__(policy, tokenizer, optimizer, scheduler, **rollout_kwargs)
         if value_model not in ("shared", "separate"):
-            raise ValueError(f"algo.value_model={value_model!r}: choose shared or separate")
+            raise ConfigError(f"algo.value_model={value_model!r}: choose shared or separate")
         if value_init not in VALUE_INITS:
-            raise ValueError(f"algo.value_init={value_init!r}: choose {' or '.join(VALUE_INITS)}")
+            raise ConfigError(f"algo.value_init={value_init!r}: choose {' or '.join(VALUE_INITS)}")
         if kl_penalty not in ("token", "sequence"):
-            raise ValueError(f"algo.kl_penalty={kl_penalty!r}: choose token or sequence")
+            raise ConfigError(f"algo.kl_penalty={kl_penalty!r}: choose token or sequence")
         if value_warmup_steps < 0:
-            raise ValueError(f"algo.value_warmup_steps must be >= 0 (got {value_warmup_steps})")
+            raise ConfigError(f"algo.value_warmup_steps must be >= 0 (got {value_warmup_steps})")
         if ppo_epochs < 1 or num_minibatches < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"algo.ppo_epochs ({ppo_epochs}) and algo.num_minibatches ({num_minibatches}) must be >= 1"
             )
         if self.fused_forward and (ppo_epochs, num_minibatches) != (1, 1):
-            raise ValueError(
+            raise ConfigError(
                 f"algo.fused_forward=true needs one update per rollout batch: algo.ppo_epochs=1 and "
                 f"algo.num_minibatches=1 (got {ppo_epochs} and {num_minibatches})"
             )

@@ -18,6 +18,7 @@ from alignlab.models.heads import (
 )
 from alignlab.models.logprobs import attention_kind, shared_prompt_hidden, shared_prompt_layout
 from alignlab.modules.base import PolicyModule
+from alignlab.utils.errors import ConfigError
 from alignlab.utils.io import atomic_open
 
 
@@ -57,7 +58,7 @@ class RewardModule(PolicyModule):
         """
         super().__init__(policy, tokenizer, optimizer, scheduler)
         if calibration_num_bins < 2:
-            raise ValueError(f"algo.calibration_num_bins must be >= 2 (got {calibration_num_bins})")
+            raise ConfigError(f"algo.calibration_num_bins must be >= 2 (got {calibration_num_bins})")
         self.head = ScalarHead(hidden_size(policy))
         self.margin = margin
         self.soft_labels = soft_labels

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from alignlab.losses.rl import adaptive_kl_coef
+from alignlab.utils.errors import ConfigError
 from alignlab.utils.io import write_jsonl
 
 
@@ -17,9 +18,9 @@ class KLController:
 
     def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000):
         if kl_coef < 0:
-            raise ValueError(f"algo.kl_coef must be >= 0 (got {kl_coef})")
+            raise ConfigError(f"algo.kl_coef must be >= 0 (got {kl_coef})")
         if target is not None and (target <= 0 or horizon <= 0):
-            raise ValueError(f"algo.kl_target ({target}) and algo.kl_horizon ({horizon}) must be positive")
+            raise ConfigError(f"algo.kl_target ({target}) and algo.kl_horizon ({horizon}) must be positive")
         self.value, self.target, self.horizon = float(kl_coef), target, horizon
 
     def update(self, current_kl: float, n_steps: int) -> None:
@@ -80,7 +81,8 @@ def write_samples(trainer, r: Rollout, n: int) -> None:
     write_jsonl(
         Path(trainer.default_root_dir) / "samples" / f"rollouts_{trainer.global_step:06d}.jsonl", rows
     )
-    for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger":
-            cols = list(rows[0])
-            lg.log_table(key="samples", columns=cols, data=[[row[c] for c in cols] for row in rows])
+    from alignlab.loggers import wandb_loggers
+
+    for lg in wandb_loggers(trainer.loggers):
+        cols = list(rows[0])
+        lg.log_table(key="samples", columns=cols, data=[[row[c] for c in cols] for row in rows])

@@ -14,6 +14,7 @@ from alignlab.models.completion import forward_completion
 from alignlab.models.logprobs import gather_logprobs
 from alignlab.modules.rl_state import Rollout
 from alignlab.modules.rollout import OnlineRLModule
+from alignlab.utils.errors import ConfigError
 
 BASELINES = ("rloo", "ema", "mean", "none")
 
@@ -49,20 +50,20 @@ class RLOOModule(OnlineRLModule):
         """
         super().__init__(policy, tokenizer, optimizer, scheduler, **rollout_kwargs)
         if baseline not in BASELINES:
-            raise ValueError(f"algo.baseline={baseline!r}: choose one of {', '.join(BASELINES)}")
+            raise ConfigError(f"algo.baseline={baseline!r}: choose one of {', '.join(BASELINES)}")
         if baseline == "rloo" and k < 2:
-            raise ValueError(f"algo.baseline=rloo needs algo.k >= 2 samples per prompt (got k={k})")
+            raise ConfigError(f"algo.baseline=rloo needs algo.k >= 2 samples per prompt (got k={k})")
         if k < 1 or not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"algo.k ({k}) must be >= 1 and algo.ema_decay ({ema_decay}) in [0, 1)")
+            raise ConfigError(f"algo.k ({k}) must be >= 1 and algo.ema_decay ({ema_decay}) in [0, 1)")
         self.k, self.baseline, self.ema_decay = k, baseline, ema_decay
         self.samples_per_prompt = k
         norm = {False: None, True: "batch", "none": None, "batch": "batch", "group": "group"}
         if normalize_advantages not in norm:
-            raise ValueError(
+            raise ConfigError(
                 f"algo.normalize_advantages={normalize_advantages!r}: choose false, true, batch or group"
             )
         if norm[normalize_advantages] == "group" and k < 2:
-            raise ValueError(f"algo.normalize_advantages=group needs algo.k >= 2 (got k={k})")
+            raise ConfigError(f"algo.normalize_advantages=group needs algo.k >= 2 (got k={k})")
         self.normalize_advantages = norm[normalize_advantages]
         self.baseline_value: float | None = None  # running mean for baseline=ema
 

@@ -19,6 +19,7 @@ from alignlab.models.vllm_rollout import build_engine, engine_correction
 from alignlab.modules.base import PolicyModule
 from alignlab.modules.rl_state import KLController, Rollout, write_samples
 from alignlab.rewards.base import NormalizedReward, RewardFunction
+from alignlab.utils.errors import ConfigError
 from alignlab.utils.rng import rng_state, set_rng_state
 
 
@@ -100,15 +101,13 @@ class OnlineRLModule(PolicyModule):
         """
         super().__init__(policy, tokenizer, optimizer, scheduler)
         if reward is None:
-            raise ValueError(
+            raise ConfigError(
                 "algo.reward is required: e.g. reward=gold, or reward=reward_model reward.path=DIR"
             )
         if kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"algo.kl_estimator={kl_estimator!r}: choose k1, k2 or k3")
+            raise ConfigError(f"algo.kl_estimator={kl_estimator!r}: choose k1, k2 or k3")
         if temperature <= 0:
-            raise ValueError(
-                "algo.temperature must be > 0 for rollouts (log-probs need a sampling distribution)"
-            )
+            raise ConfigError("algo.temperature must be > 0 for rollouts (log-probs need a distribution)")
         self.automatic_optimization = False
         self.reward_fn = NormalizedReward(reward, reward_normalize, reward_clip)
         self.val_rewards = dict(val_rewards or {})
@@ -125,7 +124,7 @@ class OnlineRLModule(PolicyModule):
         self.share_prompt = share_prompt
         self.lean_lora_sampling = lean_lora_sampling
         if fused_forward and has_dropout(policy):
-            raise ValueError(
+            raise ConfigError(
                 "algo.fused_forward=true needs a dropout-free policy (the update's forward then stands in "
                 "for the rollout log-probs): set the model's dropout to 0 or algo.fused_forward=false"
             )
@@ -246,7 +245,7 @@ class OnlineRLModule(PolicyModule):
 
     def setup(self, stage: str) -> None:
         if self.rollout_engine is not None and self.trainer.world_size > 1:
-            raise ValueError(
+            raise ConfigError(
                 "algo.rollout.engine=vllm samples from one server for one training process: use one device "
                 "(trainer.devices=1), or algo.rollout.engine=hf for multi-process training"
             )

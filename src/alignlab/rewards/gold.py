@@ -28,6 +28,10 @@ class GoldReward(RewardFunction):
                 "(conf/task, or your own: docs/tasks.md)"
             )
         self.task = build_task(task)
+        from alignlab.evaluator import GOLD_TARGETS, has_gold, no_gold_error
+
+        if not has_gold(self.task):  # a task without a gold reward: one line, the fix
+            raise no_gold_error(self.task, *GOLD_TARGETS["alignlab.rewards.gold.GoldReward"])
         self.name = f"gold[{self.task.name}]"
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The task interface, and the one way to build a task: from its ``conf/task/<name>.yaml`` config.
 
 A task owns everything task-specific: its prompts per split, its gold (and second) scorer, what a judge
-is asked about it (``rubric``, ``question``), how its prompts are fed (``use_chat_template``), its prompt
-and completion lengths, its default RLAIF labeller and its tags. Configs read these values with
+is asked about it (``rubric``, ``question``, a pointwise framing, ``principles``) and the data a judge is
+tuned on for it (``judge_data``, ``judge_tuning_data``), how its prompts are fed (``use_chat_template``),
+its prompt and completion lengths, its default RLAIF labeller and its tags. Configs read these values with
 ``${task_attr:KEY}`` (the YAML's value when it sets one, else the task object's attribute), so a profile,
 an experiment, a method or a judge never holds a task's value. A new task is a ``Task`` subclass plus a
 YAML whose ``_target_`` names it (docs/tasks.md); every app builds it with ``build_task(cfg.task)``, and
@@ -11,7 +12,6 @@ the same config gives the same object within a process.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from collections.abc import Sequence
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from alignlab.tasks.judge_data import JudgeData
 
 _BUILT: dict[str, Task] = {}
 
@@ -32,6 +34,11 @@ SETTINGS = (
     "max_new_tokens",
     "labeller",
     "tags",
+    "pointwise",
+    "pointwise_question",
+    "pointwise_includes_prompt",
+    "principles",
+    "judge_data",
 )
 
 
@@ -41,10 +48,17 @@ class Task:
     A subclass must implement ``prompts(split)`` and ``gold_scores(prompts, completions)`` (the names in
     ``required``); everything else has a default. A task lacking a required method fails when it is
     built, with one line naming the class and the method.
+
+    A task without a gold reward (real preference data: nothing scores a completion) sets
+    ``has_gold = False`` and implements only ``prompts``. It is then evaluated by a judge's win rate
+    against the base policy (``alignlab.evaluator``), and what needs gold (``judge=gold``, the simulated
+    annotators; ``reward=gold``) is refused at start-up in one line naming the task.
     """
 
     required: tuple[str, ...] = ("prompts", "gold_scores")
     """The methods a subclass must implement (checked by ``build_task``)."""
+    has_gold: bool = True
+    """Whether ``gold_scores`` exists; False: no gold reward (then ``gold_scores`` is not required)."""
     splits: tuple[str, ...] = ("train", "val", "test")
     """The splits ``prompts`` accepts."""
 
@@ -65,12 +79,25 @@ class Task:
     """The conf/judge option that labels this task's pairs in RLAIF methods (and scores for direct RLAIF)."""
     tags: tuple[str, ...] = ()
     """Extra run tags (the name is always one)."""
+    pointwise: str = "Text: {text}\n\n{question} Answer yes or no."
+    """How an untuned pointwise judge (conf/judge/smollm2_135m_pointwise) is shown one text: a user message
+    with ``{text}`` and ``{question}``."""
+    pointwise_question: str | None = None
+    """The question in that message (None: ``question``)."""
+    pointwise_includes_prompt: bool = True
+    """Show the prompt before the response in that message (false: the response alone)."""
+    principles: tuple[str, ...] = ()
+    """Constitutional principles about the task's criterion (``constitution=task``); empty: none."""
+    judge_data: str | None = None
+    """The conf/task option (or task YAML path) whose ``judge_tuning_data`` a tuned judge learns from when
+    it judges this task (conf/judge/tuned_smollm2); None: the task has none, and a tuned judge refuses it."""
 
     def __init__(self, **settings: Any):
         """
         Args:
             **settings: any of ``SETTINGS`` (name, rubric, question, use_chat_template, max_prompt_tokens,
-                max_new_tokens, labeller, tags), overriding the class's values.
+                max_new_tokens, labeller, tags, pointwise, pointwise_question, pointwise_includes_prompt,
+                principles, judge_data), overriding the class's values.
         """
         apply_settings(self, settings)
 
@@ -81,7 +108,7 @@ class Task:
 
     def gold_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """Ground-truth reward of each completion, shape (N,); higher is better."""
-        raise NotImplementedError
+        raise NotImplementedError(f"task {self.name!r} has no gold reward (has_gold = {self.has_gold})")
 
     # -- defaults -----------------------------------------------------------------------------------------
     def second_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray | None:
@@ -97,13 +124,20 @@ class Task:
             raise ConfigError(f"task {self.name!r} has splits {', '.join(self.splits)}; got split={split!r}")
         rows = [json.dumps({"prompt": p}, ensure_ascii=False) for p in self.prompts(split)]
         text = "".join(r + "\n" for r in rows)
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        from alignlab.utils.hashing import text_hash
+
+        digest = text_hash(text)
         path = cache_root() / "tasks" / self.name / f"{split}-{digest}.jsonl"
         if not path.exists():
             from alignlab.utils.io import write_text
 
             write_text(path, text)
         return str(path)
+
+    def judge_tuning_data(self, sources: Sequence[str] | None = None) -> JudgeData | None:
+        """Human judgements of single texts a judge can be tuned on (``alignlab.judges.tuning``), drawn from
+        ``sources`` (None: every source the task offers); None: the task has none (the default)."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         """The task's settings (``SETTINGS``) as plain values."""
@@ -112,7 +146,7 @@ class Task:
 
 def cache_root() -> Path:
     """``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab`` (the same rule as ``paths.cache_dir``)."""
-    from alignlab.utils.hydra import _cache_dir
+    from alignlab.utils.paths import cache_dir as _cache_dir
 
     return Path(_cache_dir())
 
@@ -142,6 +176,8 @@ def check_task(task: Any) -> None:
     cls = type(task)
     where = f"{cls.__module__}.{cls.__qualname__}"
     for method in getattr(task, "required", Task.required):
+        if method == "gold_scores" and not getattr(task, "has_gold", True):
+            continue  # a task without a gold reward (docs/tasks.md)
         impl = getattr(cls, method, None)
         if impl is None or impl is getattr(Task, method, None):
             sig = {
@@ -258,7 +294,7 @@ def compose_task(name: str, **overrides: Any) -> Task:
     from omegaconf import OmegaConf
 
     from alignlab.utils.config import ConfigError
-    from alignlab.utils.hydra import CONF_DIR
+    from alignlab.utils.paths import CONF_DIR
 
     path = Path(name) if name.endswith((".yaml", ".yml")) else Path(f"{CONF_DIR}/task/{name}.yaml")
     if not path.is_file():

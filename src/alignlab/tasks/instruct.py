@@ -24,7 +24,6 @@ that every built prompt parses back to the constraints it was built from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from alignlab.tasks import constraints as C
 from alignlab.tasks.base import Task
 from alignlab.utils.config import ConfigError
 from alignlab.utils.errors import MissingPathError, UserError, cli_app
+from alignlab.utils.hashing import stable_hash
 from alignlab.utils.io import write_json, write_jsonl
 
 SPLITS = ("train", "val", "test")
@@ -280,8 +280,8 @@ class InstructTask(Task):
     @property
     def prompt_dir(self) -> Path:
         """Where this parameter set's split files live (a hash of the parameters and the contents names it)."""
-        blob = json.dumps([self.params, TEMPLATES, TOPICS, ARGS], sort_keys=True, ensure_ascii=False)
-        return self.task_dir / f"prompts-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        digest = stable_hash([self.params, TEMPLATES, TOPICS, ARGS], 10, ensure_ascii=False)
+        return self.task_dir / f"prompts-{digest}"
 
     def prompt_file(self, split: str) -> str:
         """The JSONL of ``split`` (``prompt``, ``template``, ``topic``, ``constraints`` per row), written once."""
@@ -346,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise MissingPathError(f"{path}: file not found; give an evaluation's samples.jsonl")
     task = InstructTask(cache_dir=str(path.parent))  # scoring reads the prompts only: nothing is written
     prompts, completions = [], []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split at \n only: str.splitlines also splits at U+2028 inside a completion (utils.io.jsonl_lines)
+    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         row = json.loads(line) if line.strip() else None
         if row is None:
             continue

@@ -17,7 +17,6 @@ against the gold ordering), ``tie``, ``label_source`` (judge identity), ``gold_c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.judges.base import check_judgements, check_pairs
+from alignlab.utils.hashing import stable_hash
 from alignlab.utils.io import write_rows, write_text
 from alignlab.utils.runtime import get_logger
 
@@ -36,7 +36,7 @@ log = get_logger(__name__)
 
 def work_fingerprint(*parts) -> str:
     """A short hash of what a sampling loop computes (JSON-serialisable parts; files by size and mtime)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(parts)
 
 
 def dir_stamp(path: str | Path | None) -> list:
@@ -239,7 +239,7 @@ def label_pairs(
     check_judgements(results, len(idx), who=type(judge).__name__)
     label_seconds = time.perf_counter() - t0
     # 3. the task's scorers on both completions
-    gold = getattr(task, "gold_scores", None)
+    gold = getattr(task, "gold_scores", None) if getattr(task, "has_gold", True) else None
     second = getattr(task, "second_scores", None)
     g1, g2 = _scores(gold, P, A), _scores(gold, P, B)
     s1, s2 = _scores(second, P, A), _scores(second, P, B)
@@ -285,9 +285,9 @@ def label_pairs(
         **(judge.report_stats() if hasattr(judge, "report_stats") else {}),
         "label_seconds": round(label_seconds, 3),
     }
-    report = labelling_report(
-        results, g1 if has_gold else None, g2 if has_gold else None, stats, getattr(judge, "mode", "pairwise")
-    )
+    mode = getattr(judge, "mode", "pairwise")
+    gold_ab = (g1, g2) if has_gold else (None, None)
+    report = labelling_report(results, *gold_ab, stats, mode, texts=(A, B))
     report.update(
         {
             "pairs_sampled": n,

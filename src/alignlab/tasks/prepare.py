@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from alignlab.utils.errors import cli_app
+from alignlab.utils.hashing import stable_hash
 from alignlab.utils.io import write_json, write_jsonl
 
 REQUIREMENT = "vaderSentiment==3.3.2"
@@ -58,8 +59,7 @@ def file_sha256(path: str | Path) -> str:
 
 def params_hash(*parts: object) -> str:
     """A short stable hash of JSON-serialisable parts (names a cached prompt set)."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return stable_hash(parts, 10, ensure_ascii=False)
 
 
 def fetch_sdist(dest: Path, requirement: str = REQUIREMENT) -> Path:

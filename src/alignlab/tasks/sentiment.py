@@ -41,6 +41,17 @@ class SentimentTask(Task):
     max_prompt_tokens = 64  # prompts are "Movie review: " + 2-8 words (under 32 tokens)
     max_new_tokens = 48
     labeller = "tuned_smollm2"  # tuned on the human ratings of this task's source (docs/rlaif.md)
+    judge_data = "sentiment"  # what a tuned judge learns from: this task's human ratings (the toy's too)
+    # how an untuned judge asks about one text (judge=smollm2_135m_pointwise): picked among 6 framings on
+    # 100 human-rated review pairs (docs/rlaif.md); it sees the continuation only, what the gold reward scores
+    pointwise = "Movie review: {text}\n\n{question} Answer yes or no."
+    pointwise_question = "Is this movie review positive?"
+    pointwise_includes_prompt = False
+    principles = (  # constitution=task
+        "Which continuation expresses a more positive opinion of the movie?",
+        "Which continuation would make a reader more eager to watch the movie?",
+        "Which continuation praises the movie more?",
+    )
     splits = prep.SPLITS
 
     def __init__(
@@ -155,6 +166,13 @@ class SentimentTask(Task):
         (``learned_scorer``), clip(predicted rating / 4, -1, 1), shape (N,); shares no lexicon with VADER."""
         texts = self._texts(prompts, completions)
         return self.learned_scorer().score(texts)
+
+    def judge_tuning_data(self, sources: Sequence[str] | None = None):
+        """The human ratings of the source archive's corpora (``sentiment_judge_data``): movie sentences of
+        the train split only."""
+        from alignlab.tasks.sentiment_judge_data import judge_tuning_data
+
+        return judge_tuning_data(self, sources)
 
     def learned_scorer_rows(self, human_rows: list[dict]) -> list[dict]:
         """What the learned scorer is fitted on: the tweets, Amazon and NYT sentences, and the movie-review

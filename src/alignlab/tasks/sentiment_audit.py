@@ -153,14 +153,16 @@ def judge_overlap(task, rows: list[dict], fit_rows: list[dict], test: list[dict]
     learned scorer is fitted on, and the test Pearson of a fit without them."""
     from omegaconf import OmegaConf
 
-    from alignlab.judges.tuning import TuningRecipe, sft_rows, training_sentences
+    from alignlab.judges.tuning import TuningRecipe, sft_rows
+    from alignlab.tasks.human_ratings import CORPORA
+    from alignlab.tasks.sentiment_judge_data import training_sentences
     from alignlab.utils.hydra import CONF_DIR
 
     conf = OmegaConf.load(f"{CONF_DIR}/judge/tuned_smollm2.yaml").model.tuning
     recipe = TuningRecipe(
         **{k: conf[k] for k in ("n_train", "n_val", "max_chars", "label", "seed") if k in conf}
     )
-    train, val = sft_rows(recipe, training_sentences(task, recipe, rows))
+    train, val = sft_rows(recipe, training_sentences(task, recipe.corpora or CORPORA, rows))
     judge = {(r["corpus"], r["id"]) for r in train + val}
     rest = [r for r in fit_rows if (r["corpus"], r["id"]) not in judge]
     model = fit([r["text"] for r in rest], [r["rating"] for r in rest], RidgeRecipe())

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from alignlab.utils.errors import UserError
+from alignlab.utils.errors import ConfigError, UserError  # noqa: F401 (ConfigError importable here)
 from alignlab.utils.io import write_text
 
 REDACTED = "***REDACTED***"
@@ -57,5 +57,23 @@ def save_resolved_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path
     return path
 
 
-class ConfigError(UserError, ValueError):
-    """A config that contradicts itself; the message names the keys."""
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{algo: {beta: 0.3}} -> {"algo.beta": 0.3}"""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_children(node: Any) -> list:
+    """The nodes under a config node, for walks over a whole config: a dict's values that are set (the
+    ``task`` node skipped: walks look at what configures *for* a task), a list's items, else nothing."""
+    if isinstance(node, DictConfig):
+        return [node[k] for k in node if not OmegaConf.is_missing(node, k) and k != "task"]
+    if isinstance(node, ListConfig):
+        return list(node)
+    return []

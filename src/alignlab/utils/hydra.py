@@ -3,54 +3,23 @@ checking config values against the typed signatures of their ``_target_``."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from hydra.utils import instantiate
 from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf, StringNode, ValueNode
 
+from alignlab.utils.paths import CONF_DIR, CONF_PACKAGE, CONF_PATH, _conf_dir  # noqa: F401 (importable here)
+from alignlab.utils.paths import cache_dir as _cache_dir
+
 _NODES = {int: IntegerNode, float: FloatNode, bool: BooleanNode, str: StringNode}
 _ARTICLE = {int: "an", float: "a", bool: "a", str: "a"}
-CONF_PACKAGE = "alignlab.conf"  # the configs inside an installed alignlab (setup.py maps conf/ to it)
-
-
-def _repo_conf() -> Path | None:
-    """conf/ of the source tree this module runs from (a clone, editable install), else None."""
-    root = Path(__file__).resolve().parents[3]
-    conf = root / "conf"
-    return conf if (root / "pyproject.toml").is_file() and (conf / "train.yaml").is_file() else None
-
-
-def _conf_dir() -> tuple[str, str]:
-    """(directory, Hydra config path) of the configs: ``ALIGNLAB_CONF`` when set, else the clone's conf/
-    in a source tree or editable install, else the copy installed inside the package (``pkg://``)."""
-    if os.environ.get("ALIGNLAB_CONF"):
-        path = str(Path(os.environ["ALIGNLAB_CONF"]).resolve())
-        return path, path
-    repo = _repo_conf()
-    if repo is not None:
-        return str(repo), str(repo)
-    packaged = Path(__file__).resolve().parents[1] / "conf"
-    return str(packaged), f"pkg://{CONF_PACKAGE}"
-
-
-# CONF_DIR: a directory (initialize_config_dir, OmegaConf.load). CONF_PATH: for hydra.main's
-# config_path, ``pkg://alignlab.conf`` when alignlab runs from an installed wheel.
-CONF_DIR, CONF_PATH = _conf_dir()
 
 
 def _resource(name: str) -> str:
     from alignlab.resources import resource
 
     return resource(name)
-
-
-def _cache_dir() -> str:
-    # alignlab.models.bundled.default_cache_dir (tests/test_user_errors.py checks they agree), without
-    # importing torch: resolving a path stays cheap, so a bad setting fails in seconds
-    return str(Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab")).expanduser())
 
 
 def _cpu_precision() -> str:
@@ -166,6 +135,6 @@ def check_types(cfg: DictConfig) -> None:
     """Raise a ``ConfigError`` naming every mistyped key (``algo.beta=abc``) before anything loads."""
     errors = type_errors(cfg)
     if errors:
-        from alignlab.utils.config import ConfigError
+        from alignlab.utils.errors import ConfigError
 
         raise ConfigError(f"{'; '.join(errors)}: fix the value on the command line or in the config")

@@ -69,6 +69,13 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text, split at ``\\n`` only. ``str.splitlines`` also splits at U+2028, U+2029,
+    U+0085 and other separators, which ``write_jsonl`` (``ensure_ascii=False``) writes raw inside a JSON
+    string when a model generates them: a completion would then be cut in two and fail to parse."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
 def write_parquet(path: str | os.PathLike, rows: list[dict]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
