@@ -85,12 +85,12 @@ compare: $(STAMP)
 # The published comparison: 7 methods x 3 seeds (every seed its own pairs, labels and annotator draws),
 # then the frontier on every seed (DPO over beta, RLOO over the KL coefficient), two jobs at once. Each
 # finished job's result file is written to $(STANDARD_RUNS) and committed as it lands; rerunning skips the
-# jobs found there, so the plan may run over several sittings. The rerun of 2026-12 writes to
-# docs/results/standard-rerun/ until it is complete, then replaces docs/results/standard/ (the earlier
-# comparison stays in git history). Sizing and measured stage rates: docs/results/standard-rerun/README.md.
+# jobs found there, so the plan may run over several sittings. Then every record is scored by the task's
+# third scorer (scripts/rescore.py -> rescored/) and the report is built from those. Sizing and measured
+# stage rates: docs/results/standard/README.md (the earlier comparison: docs/results/standard-2026-12-02/).
 # fp32 on every machine (ALIGNLAB_CPU_PRECISION), so a run continued on a CPU with bf16 matches the rest.
 STANDARD_ENV := OMP_NUM_THREADS=1 ALIGNLAB_CPU_PRECISION=32-true
-STANDARD_DIR ?= docs/results/standard-rerun
+STANDARD_DIR ?= docs/results/standard
 STANDARD_RUNS := publish.dir=$(CURDIR)/$(STANDARD_DIR)/runs
 # Five methods x 3 seeds first, then the two RLHF methods with a policy other than RLOO (PPO, GRPO), then
 # the sweeps: a run that is cut short holds whole methods, and the next make standard continues where it stopped.
@@ -100,7 +100,8 @@ standard: $(STAMP)
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=rlhf,rlhf_grpo
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=dpo variant.algo.beta=0.03,0.3
 	$(STANDARD_ENV) $(BIN)/python -m alignlab.pipeline --multirun comparison=standard $(STANDARD_RUNS) method=rloo variant.algo.kl_coef=0.01,0.2
-	$(BIN)/python -m alignlab.compare $(STANDARD_DIR)/runs --out $(STANDARD_DIR)
+	$(BIN)/python scripts/rescore.py $(STANDARD_DIR)/runs --out $(STANDARD_DIR)/rescored
+	$(BIN)/python -m alignlab.compare $(STANDARD_DIR)/rescored --out $(STANDARD_DIR)
 
 compare-full: $(STAMP)
 	$(BIN)/python -m alignlab.pipeline --multirun comparison=sentiment profile=full

@@ -74,7 +74,7 @@ def test_multi_seed_interval_carries_seed_variation():
 def _crossed(rng, reps: int, seeds: int, sd_seed: float, effect: float = 0.0, prompts: int = 256):
     """reps simulated seeds x prompts tables: seed effects, prompt effects every seed shares, residual.
     Component SDs as measured on the published standard comparison (prompt 0.38-0.42, residual 0.28-0.37,
-    seed 0.02-0.12 nats: alignlab.stats.crossed_se on docs/results/standard/runs)."""
+    seed 0.02-0.12 nats: alignlab.stats.crossed_se on docs/results/standard-2026-12-02/runs)."""
     return (
         effect
         + rng.normal(0, sd_seed, (reps, seeds, 1))
