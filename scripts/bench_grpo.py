@@ -148,13 +148,7 @@ def alignlab_overrides(s: dict, out: str) -> list[str]:
 def trl_args(s: dict, out: str) -> dict:
     """TRL's side: ``GRPOConfig`` keyword arguments for settings ``s`` (TRL's names for alignlab's values)."""
     return dict(
-        **{**bw.hf_args(s, out), "per_device_train_batch_size": s["prompts_per_step"] * s["k"]},
-        max_steps=10**6,
-        num_generations=s["k"],
-        max_completion_length=s["max_new_tokens"],
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
+        **bw.trl_online_args(s, out),
         beta=s["beta"],
         epsilon=s["epsilon"],
         epsilon_high=s["epsilon_high"],
@@ -162,8 +156,6 @@ def trl_args(s: dict, out: str) -> dict:
         scale_rewards="group" if s["scale_rewards"] else "none",
         num_iterations=s["num_iterations"],
         mask_truncated_completions=False,
-        disable_dropout=True,
-        log_completions=False,
     )
 
 

@@ -510,6 +510,22 @@ def rl_alignlab(s: dict, out: str, algo: str) -> dict:
     return rl_result(clock, c, before, after, s)
 
 
+def trl_online_args(s: dict, out: str) -> dict:
+    """What TRL's online trainers (RLOO, GRPO) share for settings ``s``: the batch of ``prompts_per_step``
+    prompts x k completions, plain sampling at temperature 1, no step limit (the clock stops them)."""
+    return dict(
+        **{**hf_args(s, out), "per_device_train_batch_size": s["prompts_per_step"] * s["k"]},
+        max_steps=10**6,
+        num_generations=s["k"],
+        max_completion_length=s["max_new_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        disable_dropout=True,
+        log_completions=False,
+    )
+
+
 def rl_trl(s: dict, out: str) -> dict:
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
@@ -522,19 +538,7 @@ def rl_trl(s: dict, out: str) -> dict:
         return reward_fn(list(prompts), list(completions)).tolist()
 
     ds = Dataset.from_list([{"prompt": p} for p in prompt_texts(s["prompts"])])
-    args = RLOOConfig(
-        **{**hf_args(s, out), "per_device_train_batch_size": s["prompts_per_step"] * s["k"]},
-        max_steps=10**6,
-        num_generations=s["k"],
-        max_completion_length=s["max_new_tokens"],
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=s["kl_coef"],
-        num_iterations=1,
-        disable_dropout=True,
-        log_completions=False,
-    )
+    args = RLOOConfig(**trl_online_args(s, out), beta=s["kl_coef"], num_iterations=1)
     clock = StepClock(0, s["budget_s"])
     trainer = RLOOTrainer(
         model=policy,
